@@ -1,0 +1,218 @@
+"""GPT-2 in NumPy: from token ids to next-token logits, and text generation on top.
+
+Shapes: n_seq positions, n_embd model width, n_head heads of d_head = n_embd // n_head each,
+n_vocab tokens. Everything runs in float32, as OpenAI's checkpoints are stored.
+"""
+import codecs
+import math
+import sys
+
+import numpy as np
+
+EOT = 50256  # <|endoftext|>: GPT-2 saw it between documents, so it also marks "start of text"
+
+
+def gelu(x):
+    """Gaussian error linear unit, in the tanh approximation GPT-2 was trained with."""
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)))
+
+
+def softmax(x):
+    """Along the last axis. Subtracting the max first keeps exp from overflowing."""
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def layer_norm(x, g, b, eps=1e-5):  # [n_seq, n_embd] -> [n_seq, n_embd]
+    """Normalize each position to mean 0 and variance 1, then scale by g and shift by b."""
+    mean = x.mean(axis=-1, keepdims=True)
+    variance = x.var(axis=-1, keepdims=True)
+    return g * (x - mean) / np.sqrt(variance + eps) + b
+
+
+def linear(x, w, b):  # [m, in] @ [in, out] + [out] -> [m, out]
+    return x @ w + b
+
+
+def ffn(x, c_fc, c_proj):  # [n_seq, n_embd] -> [n_seq, n_embd]
+    """Position-wise feed-forward network: widen 4x, gelu, project back."""
+    return linear(gelu(linear(x, **c_fc)), **c_proj)
+
+
+def attention(q, k, v, mask):  # [n_head, n_q, d_head], [n_head, n_k, d_head] x2, [n_q, n_k]
+    """softmax(q k^T / sqrt(d_head) + mask) v for every head at once.
+
+    Returns the output [n_head, n_q, d_head] and the attention weights [n_head, n_q, n_k].
+    """
+    weights = softmax(q @ k.transpose(0, 2, 1) / math.sqrt(q.shape[-1]) + mask)
+    return weights @ v, weights
+
+
+def causal_mask(n_q, n_k):  # -> [n_q, n_k]
+    """-1e10 where a query would see a later position. The queries are the last n_q of n_k
+    positions (n_q < n_k when earlier keys come from a cache)."""
+    return np.triu(np.full((n_q, n_k), -1e10, dtype=np.float32), k=n_k - n_q + 1)
+
+
+def mha(x, c_attn, c_proj, n_head, cache=None, return_weights=False):  # [n_seq, n_embd] -> [n_seq, n_embd]
+    """Multi-head causal self-attention.
+
+    cache: None, or a dict the caller keeps between calls. The keys and values of x's positions
+    are appended to it, and x attends to every position cached before it, so after the prompt
+    only the newest token has to be computed.
+    return_weights: also return the attention weights [n_head, n_seq, n_k], e.g. to plot them.
+    """
+    n_seq, n_embd = x.shape
+    qkv = linear(x, **c_attn).reshape(n_seq, 3, n_head, n_embd // n_head)
+    q, k, v = qkv.transpose(1, 2, 0, 3)  # [n_head, n_seq, d_head] each
+    if cache is not None:
+        if cache:
+            k = np.concatenate([cache["k"], k], axis=1)  # [n_head, n_past + n_seq, d_head]
+            v = np.concatenate([cache["v"], v], axis=1)
+        cache["k"], cache["v"] = k, v
+    out, weights = attention(q, k, v, causal_mask(n_seq, k.shape[1]))
+    out = linear(out.transpose(1, 0, 2).reshape(n_seq, n_embd), **c_proj)  # heads side by side
+    return (out, weights) if return_weights else out
+
+
+def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, cache=None):  # [n_seq, n_embd] -> [n_seq, n_embd]
+    """Pre-norm residual block: attention, then the feed-forward network."""
+    x = x + mha(layer_norm(x, **ln_1), **attn, n_head=n_head, cache=cache)
+    x = x + ffn(layer_norm(x, **ln_2), **mlp)
+    return x
+
+
+def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, cache=None, last_only=False):  # [n_seq] -> [n_seq, n_vocab]
+    """Logits for the token after each input position.
+
+    cache: None, or a list of one dict per block kept by the caller: then `inputs` are only the
+    tokens the cache has not seen, and they are placed after the cached positions.
+    last_only: project only the last position onto the vocabulary, all that generation needs.
+    """
+    n_past = cache[0]["k"].shape[1] if cache and cache[0] else 0
+    x = wte[inputs] + wpe[n_past:n_past + len(inputs)]  # token + position embeddings [n_seq, n_embd]
+    for block, block_cache in zip(blocks, cache or [None] * len(blocks)):
+        x = transformer_block(x, **block, n_head=n_head, cache=block_cache)
+    if last_only:
+        x = x[-1:]
+    return layer_norm(x, **ln_f) @ wte.T  # the output projection reuses the token embeddings
+
+
+def sample(logits, temperature=0.0, top_k=None, top_p=None, rng=None):  # [n_vocab] -> token id
+    """The argmax at temperature 0. Otherwise a draw from softmax(logits / temperature) over the
+    top_k highest logits, then over the smallest of those whose probability reaches top_p
+    (ties keep the lower id first)."""
+    if temperature == 0:
+        return int(np.argmax(logits))
+    ids = np.arange(len(logits))
+    if top_k is not None or top_p is not None:
+        ids = np.argsort(-logits, kind="stable")[:top_k]  # most likely first
+    probs = softmax(logits[ids].astype(np.float64) / temperature)  # float64: exact sums over 50257
+    if top_p is not None:
+        n_keep = int(np.searchsorted(np.cumsum(probs), top_p)) + 1
+        ids, probs = ids[:n_keep], probs[:n_keep] / probs[:n_keep].sum()
+    return int(rng.choice(ids, p=probs))
+
+
+def generate(inputs, params, n_head, n_tokens_to_generate, temperature=0.0, top_k=None, top_p=None,
+             seed=None, stop_id=EOT):
+    """The ids of up to n_tokens_to_generate tokens that follow `inputs`, as a list.
+
+    Greedy by default; see `sample` for the rest. Stops before stop_id (None: never stop).
+    """
+    return list(stream(inputs, params, n_head, n_tokens_to_generate, temperature, top_k, top_p, seed, stop_id))
+
+
+def stream(inputs, params, n_head, n_tokens_to_generate, temperature=0.0, top_k=None, top_p=None,
+           seed=None, stop_id=EOT):
+    """Like `generate`, but yields each new id as soon as it is chosen."""
+    check_sampling(n_tokens_to_generate, temperature, top_k, top_p)
+    n_ctx = len(params["wpe"])
+    if len(inputs) + n_tokens_to_generate > n_ctx:
+        raise ValueError(f"the prompt is {len(inputs)} tokens and {n_tokens_to_generate} more were asked for, "
+                         f"but the model sees at most {n_ctx}: shorten the prompt or generate fewer tokens")
+    rng = np.random.default_rng(seed)  # a generator of our own: no global random state
+    cache = [{} for _ in params["blocks"]]
+    new = list(inputs)  # the whole prompt goes in once; after that, only the latest token
+    for _ in range(n_tokens_to_generate):
+        logits = gpt2(new, **params, n_head=n_head, cache=cache, last_only=True)[-1]
+        token = sample(logits, temperature, top_k, top_p, rng)
+        if token == stop_id:
+            return
+        yield token
+        new = [token]
+
+
+def check_sampling(n_tokens_to_generate, temperature, top_k, top_p):
+    if not isinstance(n_tokens_to_generate, int) or n_tokens_to_generate < 0:
+        raise ValueError(f"n_tokens_to_generate must be a whole number >= 0, not {n_tokens_to_generate!r}")
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0 is greedy), not {temperature!r}")
+    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
+        raise ValueError(f"top_k must be a whole number >= 1, not {top_k!r}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], not {top_p!r}")
+
+
+def score(inputs, params, n_head):  # [n_seq] -> [n_seq]
+    """Log-probability of each token given the ones before it. The first token is scored after
+    <|endoftext|>, the way GPT-2 saw documents begin. Sum for the total; exp(-mean) is perplexity."""
+    context = [EOT] + list(inputs)[:-1]
+    if len(context) > len(params["wpe"]):
+        raise ValueError(f"the text is {len(context)} tokens; the model sees at most {len(params['wpe'])}")
+    logits = gpt2(context, **params, n_head=n_head).astype(np.float64)
+    log_probs = logits - logits.max(axis=-1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(axis=-1, keepdims=True))  # log softmax
+    return log_probs[np.arange(len(inputs)), inputs]
+
+
+def main(prompt, n_tokens_to_generate=40, model_size="124M", models_dir="models", temperature=0.0,
+         top_k=None, top_p=None, seed=None, ignore_eos=False, score=False):
+    """Print GPT-2's continuation of `prompt` as it is generated, and return it.
+
+    Downloads OpenAI's checkpoint into models_dir/model_size on first use. An empty prompt starts
+    from <|endoftext|>, GPT-2's way of writing unprompted. With --score, print how likely the
+    model finds the prompt instead (per token, total, perplexity).
+    """
+    from utils import load_encoder_hparams_and_params  # TensorFlow and requests load only here
+
+    if not isinstance(prompt, str):
+        raise ValueError(f"the prompt must be text, not {prompt!r}")
+    check_sampling(n_tokens_to_generate, temperature, top_k, top_p)  # before the slow part
+    encoder, hparams, params = load_encoder_hparams_and_params(model_size, models_dir)
+    inputs = encoder.encode(prompt) or [EOT]
+    if score:
+        return print_score(inputs, encoder, params, hparams["n_head"])
+    # A character can be split across tokens: the decoder holds its first bytes until it is whole.
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pieces = []
+    for token in stream(inputs, params, hparams["n_head"], n_tokens_to_generate, temperature, top_k, top_p,
+                        seed, stop_id=None if ignore_eos else EOT):
+        pieces.append(decoder.decode(encoder.decode_bytes([token])))
+        print(pieces[-1], end="", flush=True)
+    pieces.append(decoder.decode(b"", final=True))
+    print(pieces[-1], end="\n" if sys.stdout.isatty() else "", flush=True)  # a file gets the text alone
+    return "".join(pieces)
+
+
+def print_score(inputs, encoder, params, n_head):
+    """Print each token with its log-probability, then the total and the perplexity."""
+    log_probs = score(inputs, params, n_head)
+    for token, log_prob in zip(inputs, log_probs):
+        print(f"{log_prob:10.4f}  {encoder.decode([token])!r}")
+    result = {"log_probs": log_probs.tolist(), "total": float(log_probs.sum()),
+              "perplexity": float(np.exp(-log_probs.mean()))}
+    print(f"total log-probability {result['total']:.4f} over {len(inputs)} tokens, "
+          f"perplexity {result['perplexity']:.4f}")
+    return result
+
+
+if __name__ == "__main__":
+    import fire
+
+    try:  # the prompt stays verbatim text (fire would turn "1e3" into a number); results are printed already
+        fire.Fire(fire.decorators.SetParseFns(prompt=str, model_size=str)(main), serialize=lambda result: None)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,216 @@
+"""Test support: small random GPT-2 checkpoints in OpenAI's layout, and a TensorFlow reference.
+
+write_model() makes a model folder shaped like the ones OpenAI released (hparams.json, a TF1
+checkpoint named model.ckpt with the same variable names and shapes, encoder.json, vocab.bpe),
+so code written for the real downloads loads it unchanged. reference_logits() runs GPT-2's
+forward pass with TensorFlow ops straight from that checkpoint; it shares no code with the
+project's NumPy model, so the two can be checked against each other.
+
+TensorFlow is imported inside the functions, so merely importing this module stays cheap.
+"""
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+
+CHECKPOINT_NAME = "model.ckpt"
+LN_EPSILON = 1e-5
+MASK_FILL = 1e10  # OpenAI's model pushes masked attention scores down by this much
+
+
+def _tensorflow():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    return tf
+
+
+def _vocab_dir():
+    try:  # pytest puts tests/ itself on sys.path
+        from vocab import vocab_dir
+    except ImportError:  # imported as tests.checkpoints from the repo root
+        from tests.vocab import vocab_dir
+    return vocab_dir()
+
+
+def variable_shapes(hparams):
+    """{checkpoint variable name: shape} for a GPT-2 with these hyperparameters, in OpenAI's names.
+
+    The 1x1 convolutions ("conv1d") keep OpenAI's leading axis of 1: [1, inputs, outputs].
+    """
+    v, c, e, layers = hparams["n_vocab"], hparams["n_ctx"], hparams["n_embd"], hparams["n_layer"]
+    shapes = {"model/wte": [v, e], "model/wpe": [c, e]}
+    for i in range(layers):
+        p = f"model/h{i}/"
+        shapes.update({
+            p + "ln_1/g": [e], p + "ln_1/b": [e],
+            p + "attn/c_attn/w": [1, e, 3 * e], p + "attn/c_attn/b": [3 * e],
+            p + "attn/c_proj/w": [1, e, e], p + "attn/c_proj/b": [e],
+            p + "ln_2/g": [e], p + "ln_2/b": [e],
+            p + "mlp/c_fc/w": [1, e, 4 * e], p + "mlp/c_fc/b": [4 * e],
+            p + "mlp/c_proj/w": [1, 4 * e, e], p + "mlp/c_proj/b": [e],
+        })
+    shapes.update({"model/ln_f/g": [e], "model/ln_f/b": [e]})
+    return shapes
+
+
+def _random_weights(shapes, n_embd, seed):
+    """Random float32 weights whose activations look like a trained model's, not like noise at 0.
+
+    Matrix scales follow fan-in, so every size behaves alike: query/key and MLP pre-activations
+    come out with std ~1 (attention is neither uniform nor one-hot; GELU's curve matters).
+    Token embeddings of std 2.5/sqrt(n_embd) give logits a std of about 2.5. Because the output
+    layer reuses the token embeddings, a model whose blocks add little predicts its own input
+    token at every position, and greedy decoding repeats one token forever; so the projections
+    that write into the residual stream are large (c_proj std 4/sqrt(fan-in): each block adds
+    std ~3 per element, far above the embeddings' own), so predictions depend on the context.
+    Position embeddings get a fifth of the token embeddings' scale.
+    """
+    rng = np.random.default_rng(seed)
+
+    def normal(shape, std, mean=0.0):
+        x = rng.standard_normal(shape, dtype=np.float32)
+        x *= np.float32(std)
+        if mean:
+            x += np.float32(mean)
+        return x
+
+    weights = {}
+    for name, shape in shapes.items():
+        kind = name.rsplit("/", 2)[-2:]  # e.g. ["c_fc", "w"], ["ln_1", "g"], ["model", "wte"]
+        if name == "model/wte":
+            weights[name] = normal(shape, 2.5 / math.sqrt(n_embd))
+        elif name == "model/wpe":
+            weights[name] = normal(shape, 0.5 / math.sqrt(n_embd))
+        elif kind[1] == "g":  # layer-norm gain
+            weights[name] = normal(shape, 0.1, mean=1.0)
+        elif kind[1] == "b":  # layer-norm or conv1d bias
+            weights[name] = normal(shape, 0.02)
+        else:  # conv1d weight [1, nx, nf]
+            nx = shape[1]
+            gain = 4.0 if kind[0] == "c_proj" else 1.0  # outputs added to the residual stream
+            weights[name] = normal(shape, gain / math.sqrt(nx))
+    return weights
+
+
+def write_model(model_dir, hparams, seed=0):
+    """Write a random-weight GPT-2 model folder in the layout of OpenAI's released checkpoints.
+
+    Files: hparams.json (the dict given), model.ckpt.{data-00000-of-00001,index,meta}, the
+    `checkpoint` file naming "model.ckpt" (relative, as OpenAI's does), and copies of the real
+    encoder.json and vocab.bpe. The vocabulary files are always copied; their ids run to 50256,
+    so only a model with n_vocab 50257 can use them for text.
+
+    Returns {variable name: float32 array} of exactly what was written, e.g. "model/h0/mlp/c_fc/w".
+    """
+    tf = _tensorflow()
+    model_dir = os.fspath(model_dir)
+    os.makedirs(model_dir, exist_ok=True)
+    if hparams["n_embd"] % hparams["n_head"]:
+        raise ValueError(f"n_embd {hparams['n_embd']} is not a multiple of n_head {hparams['n_head']}")
+
+    shapes = variable_shapes(hparams)
+    weights = _random_weights(shapes, hparams["n_embd"], seed)
+
+    with open(os.path.join(model_dir, "hparams.json"), "w") as f:
+        json.dump(hparams, f, indent=2)
+        f.write("\n")
+
+    # A graph of its own per call. Values go in through placeholders fed at run time, so the
+    # saved graph (.meta) holds only small ops, never the weights as constants.
+    graph = tf.Graph()
+    with graph.as_default():
+        variables, loads = [], []
+        for name, shape in shapes.items():
+            # Plain (non-resource) variables, as TF1 made them; the zeros initializer never runs.
+            var = tf.compat.v1.get_variable(
+                name, shape=shape, dtype=tf.float32,
+                initializer=tf.compat.v1.zeros_initializer(), use_resource=False)
+            value = tf.compat.v1.placeholder(tf.float32, shape=shape, name="value")
+            loads.append((tf.compat.v1.assign(var, value).op, value, weights[name]))
+            variables.append(var)
+        # save_relative_paths: otherwise the `checkpoint` file records the absolute path.
+        saver = tf.compat.v1.train.Saver(var_list=variables, save_relative_paths=True)
+        with tf.compat.v1.Session(graph=graph) as session:
+            for assign, value, array in loads:  # one at a time keeps peak memory lower
+                session.run(assign, feed_dict={value: array})
+            saver.save(session, os.path.join(model_dir, CHECKPOINT_NAME), write_meta_graph=True)
+
+    # Saver writes this itself; write it again so its text is exactly OpenAI's whatever the
+    # TensorFlow version does with paths.
+    with open(os.path.join(model_dir, "checkpoint"), "w") as f:
+        f.write(f'model_checkpoint_path: "{CHECKPOINT_NAME}"\n')
+        f.write(f'all_model_checkpoint_paths: "{CHECKPOINT_NAME}"\n')
+
+    vocab = _vocab_dir()
+    for name in ("encoder.json", "vocab.bpe"):
+        shutil.copyfile(os.path.join(vocab, name), os.path.join(model_dir, name))
+    return weights
+
+
+def reference_logits(model_dir, ids):
+    """GPT-2 logits [len(ids), n_vocab] (float32) for every position, computed with TensorFlow.
+
+    Weights are read straight from model_dir's checkpoint, hyperparameters from hparams.json.
+    The math is OpenAI's: pre-norm blocks, layer norm with epsilon 1e-5, causal attention whose
+    masked scores are w*b - 1e10*(1-b), tanh GELU, and output logits through the token embedding.
+    """
+    tf = _tensorflow()
+    model_dir = os.fspath(model_dir)
+    with open(os.path.join(model_dir, "hparams.json")) as f:
+        hp = json.load(f)
+    n_head, n_layer = hp["n_head"], hp["n_layer"]
+
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    if not 0 < len(ids) <= hp["n_ctx"]:
+        raise ValueError(f"need 1 to n_ctx={hp['n_ctx']} tokens, got {len(ids)}")
+    if ids.min() < 0 or ids.max() >= hp["n_vocab"]:
+        raise ValueError(f"token ids must be in [0, {hp['n_vocab']})")
+
+    reader = tf.train.load_checkpoint(os.path.join(model_dir, CHECKPOINT_NAME))
+
+    def param(name):
+        return tf.constant(reader.get_tensor(name), dtype=tf.float32)
+
+    def layer_norm(x, scope):
+        mean = tf.reduce_mean(x, axis=-1, keepdims=True)
+        centred = x - mean
+        var = tf.reduce_mean(tf.square(centred), axis=-1, keepdims=True)
+        return centred * tf.math.rsqrt(var + LN_EPSILON) * param(scope + "/g") + param(scope + "/b")
+
+    def conv1d(x, scope):
+        w = param(scope + "/w")  # [1, nx, nf]
+        return tf.einsum("tx,oxf->tf", x, w) + param(scope + "/b")
+
+    def gelu(x):
+        return 0.5 * x * (1.0 + tf.math.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+
+    n = len(ids)
+    # Lower-triangular 1/0 mask: query position i may look at key positions j <= i.
+    keep = tf.linalg.band_part(tf.ones([n, n], dtype=tf.float32), -1, 0)
+
+    def attention(x, scope):
+        qkv = conv1d(x, scope + "/c_attn")  # [n, 3*e]
+        qkv = tf.reshape(qkv, [n, 3, n_head, -1])  # q, k, v each split into heads
+        q, k, v = tf.unstack(qkv, axis=1)  # each [n, heads, d_head]
+        d_head = q.shape[-1]
+        scores = tf.einsum("qhd,khd->hqk", q, k) * tf.math.rsqrt(tf.constant(d_head, tf.float32))
+        scores = scores * keep - MASK_FILL * (1.0 - keep)
+        probs = tf.nn.softmax(scores, axis=-1)
+        heads = tf.einsum("hqk,khd->qhd", probs, v)  # back to [n, heads, d_head]
+        return conv1d(tf.reshape(heads, [n, -1]), scope + "/c_proj")
+
+    def mlp(x, scope):
+        return conv1d(gelu(conv1d(x, scope + "/c_fc")), scope + "/c_proj")
+
+    wte = param("model/wte")
+    h = tf.gather(wte, ids) + param("model/wpe")[:n]
+    for i in range(n_layer):
+        block = f"model/h{i}"
+        h = h + attention(layer_norm(h, block + "/ln_1"), block + "/attn")
+        h = h + mlp(layer_norm(h, block + "/ln_2"), block + "/mlp")
+    h = layer_norm(h, "model/ln_f")
+    logits = tf.matmul(h, wte, transpose_b=True)
+    return logits.numpy().astype(np.float32)

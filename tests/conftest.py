@@ -1,0 +1,42 @@
+"""Fixtures: small random-weight GPT-2 checkpoints in OpenAI's exact layout, written once per run."""
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # gpt2.py, encoder.py, utils.py live at the top level
+
+from checkpoints import write_model  # noqa: E402
+
+# Real model shapes (OpenAI's hparams) cut down to few layers: the code paths and the matrix
+# shapes are the real ones, the depth only repeats them.
+SHAPES = {
+    "tiny": dict(n_vocab=50257, n_ctx=64, n_embd=64, n_head=4, n_layer=2),
+    "124M": dict(n_vocab=50257, n_ctx=1024, n_embd=768, n_head=12, n_layer=2),
+    "355M": dict(n_vocab=50257, n_ctx=1024, n_embd=1024, n_head=16, n_layer=1),
+    "774M": dict(n_vocab=50257, n_ctx=1024, n_embd=1280, n_head=20, n_layer=1),
+    "1558M": dict(n_vocab=50257, n_ctx=1024, n_embd=1600, n_head=25, n_layer=1),
+}
+
+
+@pytest.fixture(scope="session")
+def make_models(tmp_path_factory):
+    """make_models(shape) -> (models_dir, model_size): models_dir/model_size holds a random-weight
+    model of that shape ("tiny" goes in "124M", the CLI's default). Written once per test run."""
+    made = {}
+
+    def make(shape):
+        if shape not in made:
+            models_dir, size = tmp_path_factory.mktemp(f"models-{shape}"), "124M" if shape == "tiny" else shape
+            write_model(str(models_dir / size), SHAPES[shape], seed=len(made))
+            made[shape] = str(models_dir), size
+        return made[shape]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_models(make_models):
+    """models_dir with a tiny random model as its "124M"."""
+    return make_models("tiny")[0]

@@ -1,0 +1,132 @@
+"""`python gpt2.py ...` end to end in a subprocess, as a user runs it: download from a local
+mirror, generation, and a clear one-line error for each kind of bad input."""
+import filecmp
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from checkpoints import reference_logits
+from conftest import ROOT
+from encoder import get_encoder
+from server import serve
+from utils import FILENAMES
+
+PROMPT = "Alan Turing theorized that computers would one day become"
+
+
+def run(*args, base_url="http://127.0.0.1:9", timeout=120):
+    """Run the CLI; the default base URL is a closed port, so nothing reaches the internet."""
+    env = {**os.environ, "GPT2_BASE_URL": base_url}
+    return subprocess.run([sys.executable, os.path.join(ROOT, "gpt2.py"), *args], capture_output=True,
+                          text=True, encoding="utf-8", env=env, timeout=timeout)
+
+
+def reference_greedy_text(model_dir, prompt, n):
+    """What greedy decoding must print, from the TensorFlow reference, stopping at <|endoftext|>.
+    An empty prompt starts from <|endoftext|> itself."""
+    encoder = get_encoder(os.path.basename(model_dir), os.path.dirname(model_dir))
+    ids = encoder.encode(prompt) or [encoder.eot_id]
+    start = len(ids)
+    for _ in range(n):
+        token = int(np.argmax(reference_logits(model_dir, ids)[-1]))
+        if token == encoder.eot_id:
+            break
+        ids.append(token)
+    return encoder.decode(ids[start:])
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in last, last
+    assert result.stdout == ""
+
+
+@pytest.fixture(scope="module")
+def source(tiny_models):
+    """The tiny model's seven files, as a mirror would serve them."""
+    return os.path.join(tiny_models, "124M")
+
+
+def test_download_then_generate_then_offline(source, tmp_path):
+    server = serve(os.path.dirname(source))
+    try:
+        first = run(PROMPT, "--n_tokens_to_generate", "8", "--models_dir", str(tmp_path), base_url=server.url)
+    finally:
+        server.shutdown()
+    assert first.returncode == 0, first.stderr
+    for name in FILENAMES:
+        assert filecmp.cmp(tmp_path / "124M" / name, os.path.join(source, name), shallow=False), name
+    assert not [p for p in os.listdir(tmp_path / "124M") if p.endswith(".part")]
+    expected = reference_greedy_text(source, PROMPT, 8)
+    assert first.stdout == expected
+    second = run(PROMPT, "--n_tokens_to_generate=8", "--models_dir", str(tmp_path))  # no server now
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == expected
+
+
+def test_prompt_is_taken_verbatim(tiny_models):
+    """fire would read "1e3" as a number; the model must see the text as typed."""
+    result = run("1e3", "--n_tokens_to_generate", "4", "--models_dir", tiny_models)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == reference_greedy_text(os.path.join(tiny_models, "124M"), "1e3", 4)
+
+
+def test_empty_prompt_starts_from_endoftext(tiny_models):
+    result = run("", "--n_tokens_to_generate", "3", "--models_dir", tiny_models)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == reference_greedy_text(os.path.join(tiny_models, "124M"), "", 3)
+
+
+@pytest.mark.parametrize("size", ["7B", "../x", "124M/../355M"])
+def test_unknown_model_size(tiny_models, size):
+    assert_one_line_error(run("Hi", "--model_size", size, "--models_dir", tiny_models),
+                          "unknown model size", "124M, 355M, 774M, 1558M")
+
+
+def test_prompt_plus_tokens_longer_than_context(tiny_models):
+    result = run(" word" * 60, "--n_tokens_to_generate", "10", "--models_dir", tiny_models)
+    assert_one_line_error(result, "60 tokens", "10 more", "at most 64")
+
+
+@pytest.mark.parametrize("n", ["-1", "abc"])
+def test_bad_token_count(tiny_models, n):
+    assert_one_line_error(run("Hi", f"--n_tokens_to_generate={n}", "--models_dir", tiny_models),
+                          "n_tokens_to_generate")
+
+
+def test_no_network_and_no_files(tmp_path):
+    result = run("Hi", "--models_dir", str(tmp_path))
+    assert_one_line_error(result, "http://127.0.0.1:9/124M/", "GPT2_BASE_URL")
+
+
+def test_truncated_data_file_is_named(source, tmp_path):
+    shutil.copytree(source, tmp_path / "124M")
+    for cache in ("params.npy", "params.json"):
+        (tmp_path / "124M" / cache).unlink(missing_ok=True)
+    data = tmp_path / "124M" / "model.ckpt.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:1000])
+    assert_one_line_error(run("Hi", "--models_dir", str(tmp_path)), "model.ckpt.data-00000-of-00001")
+
+
+@pytest.mark.parametrize("name", ["hparams.json", "encoder.json", "vocab.bpe", "model.ckpt.index"])
+def test_truncated_small_file_is_named(source, tmp_path, name):
+    shutil.copytree(source, tmp_path / "124M")
+    for cache in ("params.npy", "params.json"):
+        (tmp_path / "124M" / cache).unlink(missing_ok=True)
+    path = tmp_path / "124M" / name
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert_one_line_error(run("Hi", "--models_dir", str(tmp_path)), name)
+
+
+def test_missing_file_offline_names_the_url(source, tmp_path):
+    shutil.copytree(source, tmp_path / "124M")
+    (tmp_path / "124M" / "vocab.bpe").unlink()
+    assert_one_line_error(run("Hi", "--models_dir", str(tmp_path)), "/124M/vocab.bpe")
