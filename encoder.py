@@ -95,8 +95,11 @@ def read_vocab_file(path):
         raise FileNotFoundError(f"{path} is missing; run gpt2.py with network access to download it")
     if os.path.getsize(path) > MAX_FILE_BYTES:
         raise ValueError(f"{path} is too large to be a GPT-2 vocabulary file; delete it and run again")
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is truncated or corrupt; delete it and run again to download it") from None
 
 
 def get_encoder(model_name, models_dir):
@@ -105,8 +108,8 @@ def get_encoder(model_name, models_dir):
     encoder_path, bpe_path = os.path.join(folder, "encoder.json"), os.path.join(folder, "vocab.bpe")
     try:
         encoder = json.loads(read_vocab_file(encoder_path))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ValueError(f"{encoder_path} is truncated or corrupt; delete it and run again") from None
+    except json.JSONDecodeError:
+        raise ValueError(f"{encoder_path} is truncated or corrupt; delete it and run again to download it") from None
     lines = read_vocab_file(bpe_path).split("\n")
     # First line is a '#version' header; the rest are "a b" merges. 256 bytes + merges + <|endoftext|>.
     merges = [tuple(line.split()) for line in lines[1:] if line.strip()]

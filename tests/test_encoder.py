@@ -92,9 +92,22 @@ def divergence(text, ours, theirs, ref):
 
 
 def check_same(enc, ref, text):
+    """Our ids are tiktoken's, and decoding them gives the text back."""
     ours, theirs = enc.encode(text), ref.encode_ordinary(text)
-    assert ours == theirs, divergence(text, ours, theirs, ref)
-    assert enc.decode(ours) == text, "decode(encode(text)) is not the text"
+    same = ours == theirs  # compared apart: pytest's own diff of huge lists or strings is slow
+    assert same, divergence(text, ours, theirs, ref)
+    back = enc.decode(ours)
+    round_trips = back == text
+    if not round_trips:
+        i = next((k for k, (a, b) in enumerate(zip(back, text)) if a != b), min(len(back), len(text)))
+        assert round_trips, (f"decode(encode(text)) differs at char {i}: "
+                             f"{back[i:i + 20]!r} instead of {text[i:i + 20]!r}")
+
+
+def test_network_is_off_for_these_tests(no_network):
+    with pytest.raises(RuntimeError, match="network"):
+        socket.create_connection(("127.0.0.1", 9))
+    assert os.environ["TIKTOKEN_CACHE_DIR"] == ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,7 +129,7 @@ def test_endoftext_typed_in_text_is_ordinary_text(enc, ref):
     assert enc.eot_id == 50256
     assert enc.decode([50256]) == EOT
     ids = enc.encode(EOT)
-    assert 50256 not in ids and len(ids) > 1, ids
+    assert ids == [27, 91, 437, 1659, 5239, 91, 29]  # "<", "|", "end", "of", "text", "|", ">"
     assert ids == ref.encode_ordinary(EOT)
     assert enc.decode(ids) == EOT
     assert 50256 not in enc.encode(f"a{EOT}b {EOT}{EOT}")
@@ -236,8 +249,7 @@ interesting_text = st.lists(
               st.text(alphabet=st.deferred(portable_characters), max_size=3)),
     max_size=25).map("".join)
 
-FUZZ = settings(max_examples=300, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ
@@ -320,8 +332,5 @@ def test_truncated_vocab_bpe(tmp_path):
     check_clean_value_error(tmp_path, "vocab.bpe", half)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "encoder.py bug: get_encoder catches UnicodeDecodeError for encoder.json only, so a vocab.bpe "
-    "cut inside a UTF-8 character raises a bare UnicodeDecodeError that does not name the file"))
 def test_truncated_vocab_bpe_mid_character(tmp_path):
     check_clean_value_error(tmp_path, "vocab.bpe", half_mid_character)
