@@ -142,7 +142,7 @@ def load_gpt2_params_from_tf_ckpt(tf_ckpt_path, hparams):
     import tensorflow as tf
 
     check_checkpoint(tf_ckpt_path, hparams)
-    params = {"blocks": [{} for _ in range(hparams["n_layer"])]}
+    params = empty_params(hparams["n_layer"])
     for name, _ in tf.train.list_variables(tf_ckpt_path):
         array = tf.train.load_variable(tf_ckpt_path, name).astype(np.float32, copy=False)
         if array.ndim == 3:
@@ -153,6 +153,12 @@ def load_gpt2_params_from_tf_ckpt(tf_ckpt_path, hparams):
         else:
             set_nested(params, name.removeprefix("model/"), array)
     return params
+
+
+def empty_params(n_layer):
+    """The parameter tree's skeleton, in the order data flows through the model."""
+    return {"wte": None, "wpe": None, "blocks": [{"ln_1": {}, "attn": {}, "ln_2": {}, "mlp": {}} for _ in range(n_layer)],
+            "ln_f": {}}
 
 
 def set_nested(tree, name, value):
@@ -210,7 +216,7 @@ def flatten(tree, prefix=""):
 
 
 def unflatten(flat, n_layer):
-    params = {"blocks": [{} for _ in range(n_layer)]}
+    params = empty_params(n_layer)
     for name, value in flat.items():
         layer = re.match(r"blocks/(\d+)/(.*)", name)
         if layer:
@@ -250,7 +256,7 @@ def load_params_cache(model_dir, n_layer):
             meta = json.load(f)
         if meta["source"] != checkpoint_fingerprint(model_dir) or meta["size"] != os.path.getsize(npy):
             return None
-        flat = np.load(npy, mmap_mode="r")
+        flat = np.asarray(np.load(npy, mmap_mode="r"))  # a plain ndarray view: memmap adds Python work to every op
     except (OSError, ValueError, KeyError, TypeError):
         return None  # missing, stale or damaged: rebuild it from the checkpoint
     arrays = {name: flat[start:start + int(np.prod(shape))].reshape(shape)
@@ -268,6 +274,11 @@ def load_params(model_dir, hparams):
     return params
 
 
+def param_shapes(params):
+    """{"wte": [50257, 768], ..., "blocks/0/attn/c_attn/w": [768, 2304], ...}: the parameter tree."""
+    return {name: list(array.shape) for name, array in flatten(params).items()}
+
+
 def load_encoder_hparams_and_params(model_size, models_dir):
     """(encoder, hparams, params) for model_size, downloading what models_dir does not have yet."""
     from encoder import get_encoder
@@ -277,4 +288,26 @@ def load_encoder_hparams_and_params(model_size, models_dir):
     download_gpt2_files(model_size, model_dir)
     encoder = get_encoder(model_size, models_dir)
     hparams = read_json(os.path.join(model_dir, "hparams.json"))
+    keys = ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")
+    if not isinstance(hparams, dict) or not all(type(hparams.get(k)) is int and hparams[k] > 0 for k in keys):
+        raise ValueError(f"{os.path.join(model_dir, 'hparams.json')} does not hold GPT-2's {', '.join(keys)}; "
+                         "delete it and run again to download it")
     return encoder, hparams, load_params(model_dir, hparams)
+
+
+def print_params(model_size="124M", models_dir="models"):
+    """Print hparams and every parameter's shape: python utils.py --model_size 124M"""
+    _, hparams, params = load_encoder_hparams_and_params(model_size, models_dir)
+    print(json.dumps(hparams))
+    for name, shape in param_shapes(params).items():
+        print(f"{name:28} {shape}")
+    print(f"{sum(int(np.prod(s)) for s in param_shapes(params).values()):,} parameters")
+
+
+if __name__ == "__main__":
+    import fire
+
+    try:
+        fire.Fire(fire.decorators.SetParseFns(model_size=str)(print_params))
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"error: {e}")

@@ -1,0 +1,164 @@
+"""How fast gpt2.py generates, measured against baselines taken in the same run.
+
+    python benchmarks/bench.py --model_size 124M --models_dir models            # real weights
+    python benchmarks/bench.py --model_size 124M --models_dir /tmp/bench --random
+
+With --random, a folder without a model gets random weights of the real shape, written by the
+helper the tests use (tests/checkpoints.py, needs TensorFlow); speed does not depend on the
+values. Without it, the model is loaded (and downloaded if need be) as gpt2.py does.
+
+Each figure is printed next to its baseline, since timings on a shared machine drift:
+  decode        ms per new token (16-token prompt, 64 new) / one row times every weight matrix
+  no cache      the same 64 tokens recomputing the whole sequence each step (picoGPT's way)
+  prefill       a 512-token prompt: achieved GFLOP/s / sgemm GFLOP/s on the same matrix shapes
+  cold start    process start to first token, with and without the parameter cache
+  peak memory   of a process generating 64 tokens / size of the weights
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import gpt2  # noqa: E402
+from utils import FILENAMES, load_encoder_hparams_and_params  # noqa: E402
+
+SHAPES = {"124M": (768, 12, 12), "355M": (1024, 16, 24), "774M": (1280, 20, 36), "1558M": (1600, 25, 48)}
+
+
+def best_of(f, repeat):
+    """Fastest of `repeat` timed calls: the least disturbed by the rest of the machine."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def weight_matrices(params):
+    """Every matrix a new token is multiplied with, the output projection wte^T included."""
+    mats = [m for block in params["blocks"] for m in
+            (block["attn"]["c_attn"]["w"], block["attn"]["c_proj"]["w"], block["mlp"]["c_fc"]["w"], block["mlp"]["c_proj"]["w"])]
+    return mats + [params["wte"].T]
+
+
+def decode_floor(params):
+    """One row times every weight matrix: the least work decoding a token can do."""
+    rows = [np.ones((1, m.shape[0]), np.float32) for m in weight_matrices(params)]
+    return best_of(lambda: [row @ m for row, m in zip(rows, weight_matrices(params))], 20)
+
+
+def decode(params, n_head, prompt, n_new):
+    """(seconds to the first token, seconds per token after it) with the KV cache."""
+    times, start = [], time.perf_counter()
+    for _ in gpt2.stream(prompt, params, n_head, n_new, stop_id=None):
+        times.append(time.perf_counter() - start)
+    steps = np.diff(times)
+    return times[0], float(np.median(steps))
+
+
+def no_cache(params, n_head, prompt, n_new):
+    """Seconds for n_new tokens, rerunning the whole sequence each time (all positions projected)."""
+    ids, start = list(prompt), time.perf_counter()
+    for _ in range(n_new):
+        ids.append(int(np.argmax(gpt2.gpt2(ids, **params, n_head=n_head)[-1])))
+    return time.perf_counter() - start
+
+
+def prefill_flops(hparams, n):
+    """Multiply-adds x2 of a prompt of n tokens: the blocks' matrices, attention, one output row."""
+    e, layers = hparams["n_embd"], hparams["n_layer"]
+    per_layer = 2 * n * (e * 3 * e + e * e + 2 * e * 4 * e) + 2 * 2 * n * n * e
+    return layers * per_layer + 2 * e * hparams["n_vocab"]
+
+
+def sgemm_rate(params, n):
+    """GFLOP/s of the blocks' matrix products alone, for n rows."""
+    block = params["blocks"][0]
+    mats = [block["attn"]["c_attn"]["w"], block["attn"]["c_proj"]["w"], block["mlp"]["c_fc"]["w"], block["mlp"]["c_proj"]["w"]]
+    xs = [np.ones((n, m.shape[0]), np.float32) for m in mats]
+    seconds = best_of(lambda: [x @ m for x, m in zip(xs, mats)], 5)
+    return sum(2 * n * m.shape[0] * m.shape[1] for m in mats) / seconds / 1e9
+
+
+def run_cli(args, n_tokens):
+    """(wall seconds, peak resident MB) of `python gpt2.py` generating n_tokens."""
+    cmd = [sys.executable, os.path.join(ROOT, "gpt2.py"), "The quick brown fox", "--n_tokens_to_generate",
+           str(n_tokens), "--ignore_eos", "--model_size", args.model_size, "--models_dir", args.models_dir]
+    start = time.perf_counter()
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    if status != 0:
+        sys.exit(f"gpt2.py failed: {process.stderr.read().decode()}")
+    return seconds, usage.ru_maxrss / 1024  # Linux reports kB
+
+
+def ensure_model(args):
+    model_dir = os.path.join(args.models_dir, args.model_size)
+    if args.random and not all(os.path.exists(os.path.join(model_dir, f)) for f in FILENAMES):
+        sys.path.insert(0, os.path.join(ROOT, "tests"))
+        from checkpoints import write_model
+
+        n_embd, n_head, n_layer = SHAPES[args.model_size]
+        print(f"writing random {args.model_size}-shaped weights to {model_dir} ...", file=sys.stderr)
+        write_model(model_dir, dict(n_vocab=50257, n_ctx=1024, n_embd=n_embd, n_head=n_head, n_layer=n_layer))
+    return model_dir
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_size", default="124M", choices=list(SHAPES))
+    parser.add_argument("--models_dir", default="models")
+    parser.add_argument("--random", action="store_true", help="write random weights of the real shape if absent")
+    args = parser.parse_args()
+    model_dir = ensure_model(args)
+    rows = []
+
+    # Cold starts come first, in fresh processes: without the parameter cache (TensorFlow parses
+    # the checkpoint and the cache is rebuilt), then with it.
+    for name in ("params.npy", "params.json"):
+        if os.path.exists(os.path.join(model_dir, name)):
+            os.remove(os.path.join(model_dir, name))
+    cold_tf, _ = run_cli(args, 1)
+    cold_cached, _ = run_cli(args, 1)
+    rows.append(("cold start to first token", f"{cold_cached:.2f} s", f"{cold_tf:.2f} s without the parameter cache",
+                 f"{cold_tf / cold_cached:.1f}x faster"))
+
+    _, hparams, params = load_encoder_hparams_and_params(args.model_size, args.models_dir)
+    n_head = hparams["n_head"]
+    prompt = list(range(1000, 1016))
+    decode(params, n_head, prompt, 4)  # warm up: page the weights in
+    floor = decode_floor(params)
+    first, per_token = decode(params, n_head, prompt, 64)
+    rows.append(("decode (16 + 64 tokens)", f"{per_token * 1e3:.1f} ms/token", f"floor {floor * 1e3:.1f} ms",
+                 f"{per_token / floor:.2f}x floor"))
+    total = first + 63 * per_token
+    slow = no_cache(params, n_head, prompt, 64)
+    rows.append(("no cache, all logits", f"{slow:.1f} s for 64", f"cached {total:.2f} s", f"{slow / total:.1f}x speedup"))
+
+    long_prompt = list(range(2000, 2512))
+    seconds = best_of(lambda: gpt2.gpt2(long_prompt, **params, n_head=n_head, cache=[{} for _ in params["blocks"]],
+                                        last_only=True), 3)
+    achieved, sgemm = prefill_flops(hparams, 512) / seconds / 1e9, sgemm_rate(params, 512)
+    rows.append(("prefill (512 tokens)", f"{512 / seconds:.0f} tokens/s, {achieved:.0f} GFLOP/s",
+                 f"sgemm {sgemm:.0f} GFLOP/s", f"{achieved / sgemm:.0%} of sgemm"))
+
+    _, peak = run_cli(args, 64)
+    weights = os.path.getsize(os.path.join(model_dir, "params.npy")) / 2**20
+    rows.append(("peak memory (64 tokens)", f"{peak:.0f} MB", f"weights {weights:.0f} MB", f"weights + {peak - weights:.0f} MB"))
+
+    print(f"\n{args.model_size}, numpy {np.__version__}, {os.cpu_count()} cores\n")
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+
+
+if __name__ == "__main__":
+    main()
