@@ -105,8 +105,10 @@ def sample(logits, temperature=0.0, top_k=None, top_p=None, rng=None):  # [n_voc
     if temperature == 0:
         return int(np.argmax(logits))
     ids = np.arange(len(logits))
+    if top_k is not None:  # a partition finds the candidates much faster than sorting them all
+        ids = np.flatnonzero(logits >= np.partition(logits, -top_k)[-top_k]) if top_k < len(ids) else ids
     if top_k is not None or top_p is not None:
-        ids = np.argsort(-logits, kind="stable")[:top_k]  # most likely first
+        ids = ids[np.argsort(-logits[ids], kind="stable")[:top_k]]  # most likely first, ties by id
     probs = softmax(logits[ids].astype(np.float64) / temperature)  # float64: exact sums over 50257
     if top_p is not None:
         n_keep = int(np.searchsorted(np.cumsum(probs), top_p)) + 1
@@ -126,7 +128,7 @@ def generate(inputs, params, n_head, n_tokens_to_generate, temperature=0.0, top_
 def stream(inputs, params, n_head, n_tokens_to_generate, temperature=0.0, top_k=None, top_p=None,
            seed=None, stop_id=EOT):
     """Like `generate`, but yields each new id as soon as it is chosen."""
-    check_sampling(n_tokens_to_generate, temperature, top_k, top_p)
+    check_sampling(n_tokens_to_generate, temperature, top_k, top_p, seed)
     n_ctx = len(params["wpe"])
     if len(inputs) + n_tokens_to_generate > n_ctx:
         raise ValueError(f"the prompt is {len(inputs)} tokens and {n_tokens_to_generate} more were asked for, "
@@ -143,15 +145,24 @@ def stream(inputs, params, n_head, n_tokens_to_generate, temperature=0.0, top_k=
         new = [token]
 
 
-def check_sampling(n_tokens_to_generate, temperature, top_k, top_p):
-    if not isinstance(n_tokens_to_generate, int) or n_tokens_to_generate < 0:
+def check_sampling(n_tokens_to_generate, temperature, top_k, top_p, seed):
+    """A plain ValueError for a setting that makes no sense, before any work is done."""
+    def whole(x, least):
+        return isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= least
+
+    def real(x):
+        return isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if not whole(n_tokens_to_generate, 0):
         raise ValueError(f"n_tokens_to_generate must be a whole number >= 0, not {n_tokens_to_generate!r}")
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0 (0 is greedy), not {temperature!r}")
-    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
+    if not (real(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a number >= 0 (0 is greedy), not {temperature!r}")
+    if top_k is not None and not whole(top_k, 1):
         raise ValueError(f"top_k must be a whole number >= 1, not {top_k!r}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], not {top_p!r}")
+    if top_p is not None and not (real(top_p) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must be a number in (0, 1], not {top_p!r}")
+    if seed is not None and not whole(seed, 0):
+        raise ValueError(f"seed must be a whole number >= 0, not {seed!r}")
 
 
 def score(inputs, params, n_head):  # [n_seq] -> [n_seq]
@@ -178,21 +189,28 @@ def main(prompt, n_tokens_to_generate=40, model_size="124M", models_dir="models"
 
     if not isinstance(prompt, str):
         raise ValueError(f"the prompt must be text, not {prompt!r}")
-    check_sampling(n_tokens_to_generate, temperature, top_k, top_p)  # before the slow part
+    check_sampling(n_tokens_to_generate, temperature, top_k, top_p, seed)  # before the slow part
     encoder, hparams, params = load_encoder_hparams_and_params(model_size, models_dir)
     inputs = encoder.encode(prompt) or [EOT]
     if score:
         return print_score(inputs, encoder, params, hparams["n_head"])
-    # A character can be split across tokens: the decoder holds its first bytes until it is whole.
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pieces = []
-    for token in stream(inputs, params, hparams["n_head"], n_tokens_to_generate, temperature, top_k, top_p,
-                        seed, stop_id=None if ignore_eos else EOT):
-        pieces.append(decoder.decode(encoder.decode_bytes([token])))
-        print(pieces[-1], end="", flush=True)
-    pieces.append(decoder.decode(b"", final=True))
-    print(pieces[-1], end="\n" if sys.stdout.isatty() else "", flush=True)  # a file gets the text alone
+    for piece in detokenize(stream(inputs, params, hparams["n_head"], n_tokens_to_generate, temperature, top_k,
+                                   top_p, seed, stop_id=None if ignore_eos else EOT), encoder):
+        print(piece, end="", flush=True)
+        pieces.append(piece)
+    if sys.stdout.isatty():
+        print()  # a terminal gets a newline; a file or pipe gets the continuation alone
     return "".join(pieces)
+
+
+def detokenize(tokens, encoder):
+    """Text pieces for a stream of token ids, each ready to print as soon as its token arrives.
+    A character split across tokens is held back until its last byte comes."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for token in tokens:
+        yield decoder.decode(encoder.decode_bytes([token]))
+    yield decoder.decode(b"", final=True)
 
 
 def print_score(inputs, encoder, params, n_head):
