@@ -104,6 +104,7 @@ def sample(logits, temperature=0.0, top_k=None, top_p=None, rng=None):  # [n_voc
     (ties keep the lower id first)."""
     if temperature == 0:
         return int(np.argmax(logits))
+    rng = rng or np.random.default_rng()
     ids = np.arange(len(logits))
     if top_k is not None:  # a partition finds the candidates much faster than sorting them all
         ids = np.flatnonzero(logits >= np.partition(logits, -top_k)[-top_k]) if top_k < len(ids) else ids
@@ -129,6 +130,8 @@ def stream(inputs, params, n_head, n_tokens_to_generate, temperature=0.0, top_k=
            seed=None, stop_id=EOT):
     """Like `generate`, but yields each new id as soon as it is chosen."""
     check_sampling(n_tokens_to_generate, temperature, top_k, top_p, seed)
+    if len(inputs) == 0:
+        raise ValueError("inputs must hold at least one token; [EOT] starts from nothing, as GPT-2 does")
     n_ctx = len(params["wpe"])
     if len(inputs) + n_tokens_to_generate > n_ctx:
         raise ValueError(f"the prompt is {len(inputs)} tokens and {n_tokens_to_generate} more were asked for, "
