@@ -236,12 +236,14 @@ def save_params_cache(params, model_dir):
     for name, array in flatten(params).items():
         layout[name] = [offset, list(array.shape)]
         offset += -(-array.size // 16) * 16  # round up to 16 floats = 64 bytes
-    flat = np.lib.format.open_memmap(npy + ".tmp", mode="w+", dtype=np.float32, shape=(offset,))
-    for name, array in flatten(params).items():
-        start = layout[name][0]
-        flat[start:start + array.size] = array.ravel()
-    flat.flush()
-    del flat
+    with open(npy + ".tmp", "wb") as f:  # a .npy file of one flat float32 array
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (offset,)})
+        header = f.tell()
+        for name, array in flatten(params).items():
+            f.seek(header + 4 * layout[name][0])
+            np.ascontiguousarray(array, dtype=np.float32).tofile(f)
+        f.truncate(header + 4 * offset)
+        os.fsync(f.fileno())  # on disk before the rename, so a crash cannot leave a renamed hole
     os.replace(npy + ".tmp", npy)
     with open(manifest + ".tmp", "w") as f:
         json.dump({"source": checkpoint_fingerprint(model_dir), "size": os.path.getsize(npy), "arrays": layout}, f)
