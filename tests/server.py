@@ -3,7 +3,9 @@
 It serves files under `root` the way OpenAI's blob store does: Content-Length, a base64
 Content-MD5 of the whole file, and byte ranges. `faults` bends that per file name:
     statuses:   {name: [500, 500]}  answer these codes first, one per request
-    drop_after: {name: n}           send n bytes of the body, then cut the connection
+    drop_after: {name: n}           cut the connection once the file's first n bytes are sent
+                                    (on every request: a resumed one gets no further)
+    trickle:    {name: seconds}     send the body 16 KiB at a time, pausing this long in between
     no_range:   True                ignore Range headers (send the whole file, 200)
     bad_md5:    {name}              advertise a wrong Content-MD5
 """
@@ -13,6 +15,7 @@ import http.server
 import os
 import re
 import threading
+import time
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -51,19 +54,33 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         cut = server.faults.get("drop_after", {}).get(name)
-        self.wfile.write(body if cut is None else body[:cut])
+        if cut is not None:
+            body = body[:max(0, cut - start)]
+        pause = server.faults.get("trickle", {}).get(name)
+        step = 16 << 10 if pause else len(body) or 1
+        for i in range(0, len(body), step):
+            self.wfile.write(body[i:i + step])
+            if pause:
+                self.wfile.flush()
+                time.sleep(pause)
         if cut is not None:
             self.wfile.flush()
             self.close_connection = True
             self.connection.shutdown(2)
 
 
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass  # a client that hangs up mid-file is what these tests do on purpose
+
+
 def serve(root, faults=None):
     """Start serving `root` on a free port of 127.0.0.1 in a thread. Returns the server, whose
     .url is the base URL, .requests lists (path, Range) received, and .faults can be changed."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = Server(("127.0.0.1", 0), Handler)
     server.root, server.faults, server.requests = str(root), faults or {}, []
     server.url = f"http://127.0.0.1:{server.server_address[1]}"
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()  # quick to shut down
     return server
