@@ -294,10 +294,10 @@ def check_checkpoint(tf_ckpt_path, hparams):
 # needs neither TensorFlow nor a copy of the weights.
 
 def checkpoint_fingerprint(model_dir):
-    """Size and modification time of the checkpoint files: if they change, the cache is stale."""
-    files = ("model.ckpt.index", DATA_FILE)
-    return {f: [os.stat(os.path.join(model_dir, f)).st_size, os.stat(os.path.join(model_dir, f)).st_mtime_ns]
-            for f in files}
+    """Size, modification time and inode of the files the cache was made from: if any changes,
+    the cache is stale. (hparams.json too: the checkpoint is checked against it on the way.)"""
+    stats = {f: os.stat(os.path.join(model_dir, f)) for f in ("hparams.json", "model.ckpt.index", DATA_FILE)}
+    return {f: [s.st_size, s.st_mtime_ns, s.st_ino] for f, s in stats.items()}
 
 
 def flatten(tree, prefix=""):

@@ -100,3 +100,14 @@ def test_damaged_cache_with_its_manifest_is_rebuilt(model_dir):
     with open(os.path.join(model_dir, "params.npy"), "r+b") as f:
         f.truncate(4096)
     assert_same_as_checkpoint(load(model_dir), model_dir)
+
+
+def test_cache_is_rebuilt_when_hparams_change(model_dir):
+    load(model_dir)
+    path = os.path.join(model_dir, "hparams.json")
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:  # now it disagrees with the checkpoint: that must be noticed
+        f.write(text.replace('"n_layer": 2', '"n_layer": 1'))
+    with pytest.raises(ValueError, match="different models"):
+        load(model_dir)
