@@ -91,7 +91,7 @@ def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, cache=None, last_only=False):  
     """
     n_past = cache[0]["k"].shape[1] if cache and cache[0] else 0
     x = wte[inputs] + wpe[n_past:n_past + len(inputs)]  # token + position embeddings [n_seq, n_embd]
-    for block, block_cache in zip(blocks, cache or [None] * len(blocks)):
+    for block, block_cache in zip(blocks, cache or [None] * len(blocks), strict=True):
         x = transformer_block(x, **block, n_head=n_head, cache=block_cache)
     if last_only:
         x = x[-1:]
@@ -110,8 +110,9 @@ def sample(logits, temperature=0.0, top_k=None, top_p=None, rng=None):  # [n_voc
         ids = np.flatnonzero(logits >= np.partition(logits, -top_k)[-top_k]) if top_k < len(ids) else ids
     if top_k is not None or top_p is not None:
         ids = ids[np.argsort(-logits[ids], kind="stable")[:top_k]]  # most likely first, ties by id
-    probs = softmax(logits[ids].astype(np.float64) / temperature)  # float64: exact sums over 50257
-    if top_p is not None:
+    with np.errstate(over="ignore"):  # float64 for exact sums; a tiny temperature sends all but the max to -inf
+        probs = softmax((logits[ids].astype(np.float64) - logits.max()) / temperature)
+    if top_p is not None and top_p < 1:
         n_keep = int(np.searchsorted(np.cumsum(probs), top_p)) + 1
         ids, probs = ids[:n_keep], probs[:n_keep] / probs[:n_keep].sum()
     return int(rng.choice(ids, p=probs))
@@ -193,9 +194,13 @@ def main(prompt, n_tokens_to_generate=40, model_size="124M", models_dir="models"
     if not isinstance(prompt, str):
         raise ValueError(f"the prompt must be text, not {prompt!r}")
     check_sampling(n_tokens_to_generate, temperature, top_k, top_p, seed)  # before the slow part
+    if not isinstance(ignore_eos, bool) or not isinstance(score, bool):  # fire passes "--score=no" as text
+        raise ValueError("--ignore_eos and --score are switches: give them alone, without a value")
+    if score and not prompt:
+        raise ValueError("there is nothing to score: give a prompt")
     encoder, hparams, params = load_encoder_hparams_and_params(model_size, models_dir)
     inputs = encoder.encode(prompt) or [EOT]
-    if score:
+    if score:  # (the flag `score` hides the function here; print_score calls it)
         return print_score(inputs, encoder, params, hparams["n_head"])
     pieces = []
     for piece in detokenize(stream(inputs, params, hparams["n_head"], n_tokens_to_generate, temperature, top_k,
@@ -232,8 +237,12 @@ if __name__ == "__main__":
     import fire
 
     try:  # the prompt stays verbatim text (fire would turn "1e3" into a number); results are printed already
-        fire.Fire(fire.decorators.SetParseFns(prompt=str, model_size=str)(main), serialize=lambda result: None)
+        fire.Fire(fire.decorators.SetParseFns(prompt=str, model_size=str, models_dir=str)(main),
+                  serialize=lambda result: None)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # `python gpt2.py ... | head` closed the pipe: not an error
+        sys.stdout = None
+        sys.exit(0)
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")

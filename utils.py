@@ -331,18 +331,23 @@ def save_params_cache(params, model_dir):
     for name, array in flatten(params).items():
         layout[name] = [offset, list(array.shape)]
         offset += -(-array.size // 16) * 16  # round up to 16 floats = 64 bytes
-    with open(npy + ".tmp", "wb") as f:  # a .npy file of one flat float32 array
-        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (offset,)})
-        header = f.tell()
-        for name, array in flatten(params).items():
-            f.seek(header + 4 * layout[name][0])
-            np.ascontiguousarray(array, dtype=np.float32).tofile(f)
-        f.truncate(header + 4 * offset)
-        os.fsync(f.fileno())  # on disk before the rename, so a crash cannot leave a renamed hole
-    os.replace(npy + ".tmp", npy)
-    with open(manifest + ".tmp", "w") as f:
-        json.dump({"source": checkpoint_fingerprint(model_dir), "size": os.path.getsize(npy), "arrays": layout}, f)
-    os.replace(manifest + ".tmp", manifest)
+    try:
+        with open(npy + ".tmp", "wb") as f:  # a .npy file of one flat float32 array
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (offset,)})
+            header = f.tell()
+            for name, array in flatten(params).items():
+                f.seek(header + 4 * layout[name][0])
+                np.ascontiguousarray(array, dtype=np.float32).tofile(f)
+            f.truncate(header + 4 * offset)
+            os.fsync(f.fileno())  # on disk before the rename, so a crash cannot leave a renamed hole
+        os.replace(npy + ".tmp", npy)
+        with open(manifest + ".tmp", "w") as f:
+            json.dump({"source": checkpoint_fingerprint(model_dir), "size": os.path.getsize(npy), "arrays": layout}, f)
+        os.replace(manifest + ".tmp", manifest)
+    finally:  # after a failure (a full disk, Ctrl-C), no gigabytes of half-written cache stay behind
+        for tmp in (npy + ".tmp", manifest + ".tmp"):
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def load_params_cache(model_dir, n_layer):
@@ -366,8 +371,14 @@ def load_params(model_dir, hparams):
     then cached. The checkpoint stays the source of truth."""
     params = load_params_cache(model_dir, hparams["n_layer"])
     if params is None:
-        save_params_cache(load_gpt2_params_from_tf_ckpt(os.path.join(model_dir, "model.ckpt"), hparams), model_dir)
-        params = load_params_cache(model_dir, hparams["n_layer"])
+        params = load_gpt2_params_from_tf_ckpt(os.path.join(model_dir, "model.ckpt"), hparams)
+        try:
+            save_params_cache(params, model_dir)
+        except OSError as e:  # a read-only folder or a full disk: run from memory this time
+            print(f"note: could not write the parameter cache in {model_dir} ({e.strerror or e}); the next "
+                  "start will read the checkpoint again", file=sys.stderr)
+            return params
+        params = load_params_cache(model_dir, hparams["n_layer"]) or params
     return params
 
 

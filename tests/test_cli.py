@@ -3,6 +3,7 @@ mirror, generation, and a clear one-line error for each kind of bad input."""
 import filecmp
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -18,9 +19,17 @@ from utils import FILENAMES
 PROMPT = "Alan Turing theorized that computers would one day become"
 
 
-def run(*args, base_url="http://127.0.0.1:9", timeout=120):
-    """Run the CLI; the default base URL is a closed port, so nothing reaches the internet."""
-    env = {**os.environ, "GPT2_BASE_URL": base_url}
+def closed_port_url():
+    """The URL of a port on 127.0.0.1 that nothing listens on: connections are refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def run(*args, base_url=None, timeout=120):
+    """`python gpt2.py ...` as a user runs it, never reaching beyond 127.0.0.1."""
+    env = {**os.environ, "GPT2_BASE_URL": base_url or closed_port_url()}
     return subprocess.run([sys.executable, os.path.join(ROOT, "gpt2.py"), *args], capture_output=True,
                           text=True, encoding="utf-8", env=env, timeout=timeout)
 
@@ -40,13 +49,14 @@ def reference_greedy_text(model_dir, prompt, n):
 
 
 def assert_one_line_error(result, *fragments):
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
+    """Exit code 1, nothing on stdout, and a last stderr line "error: ..." holding each fragment."""
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stdout == ""
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: "), result.stderr
     for fragment in fragments:
         assert fragment in last, last
-    assert result.stdout == ""
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +114,7 @@ def test_bad_token_count(tiny_models, n):
 
 def test_no_network_and_no_files(tmp_path):
     result = run("Hi", "--models_dir", str(tmp_path))
-    assert_one_line_error(result, "http://127.0.0.1:9/124M/", "GPT2_BASE_URL")
+    assert_one_line_error(result, "http://127.0.0.1:", "/124M/", "GPT2_BASE_URL")
 
 
 def test_truncated_data_file_is_named(source, tmp_path):

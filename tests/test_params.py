@@ -111,3 +111,16 @@ def test_cache_is_rebuilt_when_hparams_change(model_dir):
         f.write(text.replace('"n_layer": 2', '"n_layer": 1'))
     with pytest.raises(ValueError, match="different models"):
         load(model_dir)
+
+
+def test_cache_that_cannot_be_written_leaves_nothing_and_runs_from_memory(model_dir, monkeypatch, capsys):
+    import utils
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(utils.os, "fsync", disk_full)
+    params = load(model_dir)
+    assert "could not write the parameter cache" in capsys.readouterr().err
+    assert not [f for f in os.listdir(model_dir) if f.startswith("params.")]
+    assert_same_as_checkpoint(params, model_dir)
