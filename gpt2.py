@@ -118,6 +118,26 @@ def sample(logits, temperature=0.0, top_k=None, top_p=None, rng=None):  # [n_voc
     return int(rng.choice(ids, p=probs))
 
 
+def check_sampling(n_tokens_to_generate, temperature, top_k, top_p, seed):
+    """A plain ValueError for a setting that makes no sense, before any work is done."""
+    def whole(x, least):
+        return isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= least
+
+    def real(x):
+        return isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if not whole(n_tokens_to_generate, 0):
+        raise ValueError(f"n_tokens_to_generate must be a whole number >= 0, not {n_tokens_to_generate!r}")
+    if not (real(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a number >= 0 (0 is greedy), not {temperature!r}")
+    if top_k is not None and not whole(top_k, 1):
+        raise ValueError(f"top_k must be a whole number >= 1, not {top_k!r}")
+    if top_p is not None and not (real(top_p) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must be a number in (0, 1], not {top_p!r}")
+    if seed is not None and not whole(seed, 0):
+        raise ValueError(f"seed must be a whole number >= 0, not {seed!r}")
+
+
 def generate(inputs, params, n_head, n_tokens_to_generate, temperature=0.0, top_k=None, top_p=None,
              seed=None, stop_id=EOT):
     """The ids of up to n_tokens_to_generate tokens that follow `inputs`, as a list.
@@ -149,26 +169,6 @@ def stream(inputs, params, n_head, n_tokens_to_generate, temperature=0.0, top_k=
         new = [token]
 
 
-def check_sampling(n_tokens_to_generate, temperature, top_k, top_p, seed):
-    """A plain ValueError for a setting that makes no sense, before any work is done."""
-    def whole(x, least):
-        return isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= least
-
-    def real(x):
-        return isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and math.isfinite(x)
-
-    if not whole(n_tokens_to_generate, 0):
-        raise ValueError(f"n_tokens_to_generate must be a whole number >= 0, not {n_tokens_to_generate!r}")
-    if not (real(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a number >= 0 (0 is greedy), not {temperature!r}")
-    if top_k is not None and not whole(top_k, 1):
-        raise ValueError(f"top_k must be a whole number >= 1, not {top_k!r}")
-    if top_p is not None and not (real(top_p) and 0 < top_p <= 1):
-        raise ValueError(f"top_p must be a number in (0, 1], not {top_p!r}")
-    if seed is not None and not whole(seed, 0):
-        raise ValueError(f"seed must be a whole number >= 0, not {seed!r}")
-
-
 def score(inputs, params, n_head):  # [n_seq] -> [n_seq]
     """Log-probability of each token given the ones before it. The first token is scored after
     <|endoftext|>, the way GPT-2 saw documents begin. Sum for the total; exp(-mean) is perplexity."""
@@ -179,6 +179,27 @@ def score(inputs, params, n_head):  # [n_seq] -> [n_seq]
     log_probs = logits - logits.max(axis=-1, keepdims=True)
     log_probs -= np.log(np.exp(log_probs).sum(axis=-1, keepdims=True))  # log softmax
     return log_probs[np.arange(len(inputs)), inputs]
+
+
+def detokenize(tokens, encoder):
+    """Text pieces for a stream of token ids, each ready to print as soon as its token arrives.
+    A character split across tokens is held back until its last byte comes."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for token in tokens:
+        yield decoder.decode(encoder.decode_bytes([token]))
+    yield decoder.decode(b"", final=True)
+
+
+def print_score(inputs, encoder, params, n_head):
+    """Print each token with its log-probability, then the total and the perplexity."""
+    log_probs = score(inputs, params, n_head)
+    for token, log_prob in zip(inputs, log_probs):
+        print(f"{log_prob:10.4f}  {encoder.decode([token])!r}")
+    result = {"log_probs": log_probs.tolist(), "total": float(log_probs.sum()),
+              "perplexity": float(np.exp(-log_probs.mean()))}
+    print(f"total log-probability {result['total']:.4f} over {len(inputs)} tokens, "
+          f"perplexity {result['perplexity']:.4f}")
+    return result
 
 
 def main(prompt, n_tokens_to_generate=40, model_size="124M", models_dir="models", temperature=0.0,
@@ -210,27 +231,6 @@ def main(prompt, n_tokens_to_generate=40, model_size="124M", models_dir="models"
     if sys.stdout.isatty():
         print()  # a terminal gets a newline; a file or pipe gets the continuation alone
     return "".join(pieces)
-
-
-def detokenize(tokens, encoder):
-    """Text pieces for a stream of token ids, each ready to print as soon as its token arrives.
-    A character split across tokens is held back until its last byte comes."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    for token in tokens:
-        yield decoder.decode(encoder.decode_bytes([token]))
-    yield decoder.decode(b"", final=True)
-
-
-def print_score(inputs, encoder, params, n_head):
-    """Print each token with its log-probability, then the total and the perplexity."""
-    log_probs = score(inputs, params, n_head)
-    for token, log_prob in zip(inputs, log_probs):
-        print(f"{log_prob:10.4f}  {encoder.decode([token])!r}")
-    result = {"log_probs": log_probs.tolist(), "total": float(log_probs.sum()),
-              "perplexity": float(np.exp(-log_probs.mean()))}
-    print(f"total log-probability {result['total']:.4f} over {len(inputs)} tokens, "
-          f"perplexity {result['perplexity']:.4f}")
-    return result
 
 
 if __name__ == "__main__":
