@@ -211,7 +211,7 @@ def load_gpt2_params_from_tf_ckpt(tf_ckpt_path, hparams):
     import tensorflow as tf
 
     reader = check_checkpoint(tf_ckpt_path, hparams)
-    params = empty_params(hparams["n_layer"])
+    arrays = {}
     for name in sorted(reader.get_variable_to_shape_map()):
         try:  # TensorFlow checks each tensor's bytes against a CRC32C kept in the index
             # A copy NumPy owns: TensorFlow keeps memory it allocated for itself after the arrays
@@ -220,14 +220,14 @@ def load_gpt2_params_from_tf_ckpt(tf_ckpt_path, hparams):
         except tf.errors.OpError:
             raise DamagedFile(os.path.join(os.path.dirname(tf_ckpt_path), DATA_FILE),
                               f"does not match the checksums in {os.path.basename(tf_ckpt_path)}.index") from None
-        if array.ndim == 3:
-            array = array[0]  # conv1d weight [1, nx, nf] -> [nx, nf]
-        layer = re.match(r"model/h(\d+)/(.*)", name)
-        if layer:
-            set_nested(params["blocks"][int(layer[1])], layer[2], array)
-        else:
-            set_nested(params, name.removeprefix("model/"), array)
-    return params
+        arrays[param_name(name)] = array[0] if array.ndim == 3 else array  # conv1d [1, nx, nf] -> [nx, nf]
+    return unflatten(arrays, hparams["n_layer"])
+
+
+def param_name(tf_name):
+    """The checkpoint's name for an array -> its path in the params tree:
+    "model/h3/attn/c_attn/w" -> "blocks/3/attn/c_attn/w", "model/wte" -> "wte"."""
+    return re.sub(r"^h(\d+)/", r"blocks/\1/", tf_name.removeprefix("model/"))
 
 
 def empty_params(n_layer):
