@@ -16,7 +16,7 @@ def load(models_dir, size="124M"):
     return load_encoder_hparams_and_params(size, models_dir)
 
 
-@pytest.mark.parametrize("shape", ["tiny", "124M", "1558M"])
+@pytest.mark.parametrize("shape", ["tiny", "124M", "355M", "774M", "1558M"])
 def test_logits_match_reference(make_models, shape):
     models_dir, size = make_models(shape)
     _, hparams, params = load(models_dir, size)
