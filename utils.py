@@ -208,6 +208,7 @@ def load_gpt2_params_from_tf_ckpt(tf_ckpt_path, hparams):
     {wte, wpe, ln_f: {g, b}, blocks: [{ln_1, attn: {c_attn, c_proj}, ln_2, mlp: {c_fc, c_proj}}, ...]}
     with each conv1d weight [1, nx, nf] squeezed to [nx, nf]."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter is not for users
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # nor its note on oneDNN: it only reads files here
     import tensorflow as tf
 
     reader = check_checkpoint(tf_ckpt_path, hparams)
