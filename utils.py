@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+from encoder import MAX_FILE_BYTES, get_encoder
+
 BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
 MODEL_SIZES = ("124M", "355M", "774M", "1558M")
 FILENAMES = ("checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of-00001",
@@ -196,7 +198,7 @@ def damaged_vocab_file(model_dir):
     50,257 tokens, it is whole and vocab.bpe is not."""
     encoder_path = os.path.join(model_dir, "encoder.json")
     try:
-        tokens = read_json(encoder_path, max_bytes=16 << 20)
+        tokens = read_json(encoder_path, max_bytes=MAX_FILE_BYTES)
     except DamagedFile:
         return encoder_path
     whole = isinstance(tokens, dict) and len(tokens) == 50257 and "<|endoftext|>" in tokens
@@ -415,8 +417,6 @@ def load_encoder_hparams_and_params(model_size, models_dir):
 def read_model_folder(model_size, models_dir):
     """(encoder, hparams, params) from a folder that has all seven files; DamagedFile names one
     that is not whole. (model.ckpt.meta, the TF graph, and `checkpoint` are not read at all.)"""
-    from encoder import get_encoder
-
     model_dir = os.path.join(models_dir, model_size)
     hparams = read_hparams(os.path.join(model_dir, "hparams.json"))
     try:
@@ -440,10 +440,11 @@ def set_aside(path, resume):
 def print_params(model_size="124M", models_dir="models"):
     """Print hparams and every parameter's shape: python utils.py --model_size 124M"""
     _, hparams, params = load_encoder_hparams_and_params(model_size, models_dir)
+    shapes = param_shapes(params)
     print(json.dumps(hparams))
-    for name, shape in param_shapes(params).items():
+    for name, shape in shapes.items():
         print(f"{name:28} {shape}")
-    print(f"{sum(int(np.prod(s)) for s in param_shapes(params).values()):,} parameters")
+    print(f"{sum(int(np.prod(shape)) for shape in shapes.values()):,} parameters")
 
 
 if __name__ == "__main__":

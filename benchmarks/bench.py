@@ -57,8 +57,9 @@ def weight_matrices(params):
 def decode_floor(params):
     """One row times every weight matrix: the least work decoding a token can do (median of 64,
     the same statistic as decode's)."""
-    rows = [np.ones((1, m.shape[0]), np.float32) for m in weight_matrices(params)]
-    return float(np.median(timed(lambda: [row @ m for row, m in zip(rows, weight_matrices(params))], 64)))
+    mats = weight_matrices(params)  # listed once, outside the timed calls
+    rows = [np.ones((1, m.shape[0]), np.float32) for m in mats]
+    return float(np.median(timed(lambda: [row @ m for row, m in zip(rows, mats)], 64)))
 
 
 def decode(params, n_head, prompt, n_new):
@@ -87,8 +88,7 @@ def prefill_flops(hparams, n):
 
 def sgemm_rate(params, n):
     """GFLOP/s of the blocks' matrix products alone, for n rows."""
-    block = params["blocks"][0]
-    mats = [block["attn"]["c_attn"]["w"], block["attn"]["c_proj"]["w"], block["mlp"]["c_fc"]["w"], block["mlp"]["c_proj"]["w"]]
+    mats = weight_matrices(params)[:4]  # the first block's
     xs = [np.ones((n, m.shape[0]), np.float32) for m in mats]
     seconds = best_of(lambda: [x @ m for x, m in zip(xs, mats)], 5)
     return sum(2 * n * m.shape[0] * m.shape[1] for m in mats) / seconds / 1e9
