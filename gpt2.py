@@ -54,7 +54,9 @@ def layer_norm(x, g, b, eps=1e-5):  # [..., n_embd] -> [..., n_embd]
 
 
 def linear(x, w, b):  # [m, in] @ [in, out] + [out] -> [m, out]
-    return x @ w + b
+    y = x @ w
+    y += b  # in place: no second [m, out] array
+    return y
 
 
 def ffn(x, c_fc, c_proj):  # [n_seq, n_embd] -> [n_seq, n_embd]
