@@ -1,7 +1,9 @@
 """GPT-2 in NumPy: from token ids to next-token logits, and text generation on top.
 
 Shapes: n_seq positions, n_embd model width, n_head heads of d_head = n_embd // n_head each,
-n_vocab tokens. Everything runs in float32, as OpenAI's checkpoints are stored.
+n_vocab tokens. Everything runs in float32, as OpenAI's checkpoints are stored. Read each shape
+as one sequence; a leading `...` means the function also takes a batch of sequences in front of
+it (e.g. [n_batch, n_seq, n_embd]), which is how several samples share one read of the weights.
 """
 import codecs
 import math
@@ -53,13 +55,16 @@ def layer_norm(x, g, b, eps=1e-5):  # [..., n_embd] -> [..., n_embd]
     return x
 
 
-def linear(x, w, b):  # [m, in] @ [in, out] + [out] -> [m, out]
-    y = x @ w
-    y += b  # in place: no second [m, out] array
-    return y
+def linear(x, w, b=None):  # [..., m, in] @ [in, out] + [out] -> [..., m, out]
+    """x w + b. The batch and positions go through as one [rows, in] matrix (speed: @ with a
+    leading batch axis would multiply by w once per sequence, reading the weights each time)."""
+    y = x.reshape(-1, x.shape[-1]) @ w
+    if b is not None:
+        y += b  # in place: no second [m, out] array
+    return y.reshape(*x.shape[:-1], w.shape[-1])
 
 
-def ffn(x, c_fc, c_proj):  # [n_seq, n_embd] -> [n_seq, n_embd]
+def ffn(x, c_fc, c_proj):  # [..., n_seq, n_embd] -> [..., n_seq, n_embd]
     """Position-wise feed-forward network: widen 4x, gelu, project back."""
     return linear(gelu(linear(x, **c_fc)), **c_proj)
 
@@ -86,76 +91,78 @@ def causal_mask(n_q, n_k):  # -> [n_q, n_k]
 QUERY_BLOCK = 128  # rows of queries attended at once in a long prompt (see mha)
 
 
-def mha(x, c_attn, c_proj, n_head, cache=None, return_weights=False):  # [n_seq, n_embd] -> [n_seq, n_embd]
+def mha(x, c_attn, c_proj, n_head, cache=None, return_weights=False):  # [..., n_seq, n_embd] -> same
     """Multi-head causal self-attention.
 
     cache: None, or one block's entry of kv_cache(): the keys and values of x's positions are
     written into its next free slots, and x attends to every position filled before it, so after
     the prompt only the newest token has to be computed.
-    return_weights: also return the attention weights [n_head, n_seq, n_k], e.g. to plot them.
+    return_weights: also return the attention weights [..., n_head, n_seq, n_k], e.g. to plot them.
 
     A long x is attended QUERY_BLOCK queries at a time, each block against the keys up to its own
     last position (speed: most of the masked half of the [n_head, n_seq, n_seq] scores is never
     computed, and a block's scores stay in the CPU cache; exp over them was the largest cost of a
     prompt after the matrix products).
     """
-    n_seq, n_embd = x.shape
-    qkv = linear(x, **c_attn).reshape(n_seq, 3, n_head, n_embd // n_head)
-    q, k, v = qkv.transpose(1, 2, 0, 3)  # [n_head, n_seq, d_head] each
+    *batch, n_seq, n_embd = x.shape
+    qkv = linear(x, **c_attn).reshape(*batch, n_seq, 3, n_head, n_embd // n_head)
+    q, k, v = np.moveaxis(qkv, (-3, -2), (0, -3))  # [..., n_head, n_seq, d_head] each
     n_k = n_seq
     if cache is not None:  # in place: no copy of the earlier keys and values
         n_past, n_k = cache["n"], cache["n"] + n_seq
         cache["k"][..., n_past:n_k, :] = k
         cache["v"][..., n_past:n_k, :] = v
         k, v, cache["n"] = cache["k"][..., :n_k, :], cache["v"][..., :n_k, :], n_k
-    heads = np.empty((n_seq, n_head, n_embd // n_head), np.float32)  # the output, heads side by side
+    heads = np.empty((*batch, n_seq, n_head, n_embd // n_head), np.float32)  # the output, heads side by side
     block = n_seq if return_weights else QUERY_BLOCK
     for start in range(0, n_seq, block):
         stop = min(start + block, n_seq)
         seen = n_k - n_seq + stop  # keys up to the block's last query
         mask = causal_mask(stop - start, seen) if stop - start > 1 else None
-        out, weights = attention(q[:, start:stop], k[:, :seen], v[:, :seen], mask)
-        heads[start:stop] = out.transpose(1, 0, 2)
-    out = linear(heads.reshape(n_seq, n_embd), **c_proj)
+        out, weights = attention(q[..., start:stop, :], k[..., :seen, :], v[..., :seen, :], mask)
+        heads[..., start:stop, :, :] = out.swapaxes(-3, -2)
+    out = linear(heads.reshape(*batch, n_seq, n_embd), **c_proj)
     return (out, weights) if return_weights else out
 
 
-def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, cache=None):  # [n_seq, n_embd] -> [n_seq, n_embd]
+def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, cache=None):  # [..., n_seq, n_embd] -> same
     """Pre-norm residual block: attention, then the feed-forward network."""
     x = x + mha(layer_norm(x, **ln_1), **attn, n_head=n_head, cache=cache)
     x = x + ffn(layer_norm(x, **ln_2), **mlp)
     return x
 
 
-def kv_cache(params, n_head, n_positions):
+def kv_cache(params, n_head, n_positions, n_batch=None):
     """An empty KV cache for gpt2(..., cache=), with room for n_positions positions.
 
-    A list of one dict per block: {"k": [n_head, n_positions, d_head], "v": the same, "n": 0}.
+    A list of one dict per block: {"k": [n_head, n_positions, d_head], "v": the same, "n": 0};
+    with n_batch, one row per sequence of a batch: [n_batch, n_head, n_positions, d_head].
     Each call of gpt2 writes its inputs' keys and values into slots n, n+1, ... and advances n;
     attention reads only the slots filled so far, so the rest may hold anything (np.empty: pages
     of memory are only taken as they are filled).
     """
-    shape = (n_head, n_positions, params["wte"].shape[-1] // n_head)
+    shape = (*(() if n_batch is None else (n_batch,)), n_head, n_positions, params["wte"].shape[-1] // n_head)
     return [{"k": np.empty(shape, np.float32), "v": np.empty(shape, np.float32), "n": 0} for _ in params["blocks"]]
 
 
-def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, cache=None, last_only=False):  # [n_seq] -> [n_seq, n_vocab]
+def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, cache=None, last_only=False):  # [..., n_seq] -> [..., n_seq, n_vocab]
     """Logits for the token after each input position.
 
     cache: None, or a kv_cache() kept by the caller: then `inputs` are only the tokens the cache
     has not seen, and they are placed after the cached positions.
     last_only: project only the last position onto the vocabulary, all that generation needs.
     """
-    n_past = cache[0]["n"] if cache else 0
-    if cache and n_past + len(inputs) > cache[0]["k"].shape[-2]:
+    inputs = np.asarray(inputs)
+    n_seq, n_past = inputs.shape[-1], cache[0]["n"] if cache else 0
+    if cache and n_past + n_seq > cache[0]["k"].shape[-2]:
         raise ValueError(f"the cache holds {cache[0]['k'].shape[-2]} positions; {n_past} are filled "
-                         f"and {len(inputs)} more came")
-    x = wte[inputs] + wpe[n_past:n_past + len(inputs)]  # token + position embeddings [n_seq, n_embd]
+                         f"and {n_seq} more came")
+    x = wte[inputs] + wpe[n_past:n_past + n_seq]  # token + position embeddings [..., n_seq, n_embd]
     for block, block_cache in zip(blocks, cache or [None] * len(blocks), strict=True):
         x = transformer_block(x, **block, n_head=n_head, cache=block_cache)
     if last_only:
-        x = x[-1:]
-    return layer_norm(x, **ln_f) @ wte.T  # the output projection reuses the token embeddings
+        x = x[..., -1:, :]
+    return linear(layer_norm(x, **ln_f), wte.T)  # the output projection reuses the token embeddings
 
 
 def sample(logits, temperature=0.0, top_k=None, top_p=None, rng=None):  # [n_vocab] -> token id
@@ -199,17 +206,19 @@ def check_sampling(n_tokens_to_generate, temperature, top_k, top_p, seed):
 
 
 def generate(inputs, params, n_head, n_tokens_to_generate, temperature=0.0, top_k=None, top_p=None,
-             seed=None, stop_id=EOT):
+             seed=None, stop_id=EOT, n_samples=None):
     """The ids of up to n_tokens_to_generate tokens that follow `inputs`, as a list.
 
     Greedy by default; see `sample` for the rest. Stops before stop_id (None: never stop).
+    n_samples=N: N such lists, sampled side by side (see `generate_many`).
     """
+    if n_samples is not None:
+        return generate_many(inputs, params, n_head, n_tokens_to_generate, n_samples, temperature, top_k, top_p,
+                             seed, stop_id)
     return list(stream(inputs, params, n_head, n_tokens_to_generate, temperature, top_k, top_p, seed, stop_id))
 
 
-def stream(inputs, params, n_head, n_tokens_to_generate, temperature=0.0, top_k=None, top_p=None,
-           seed=None, stop_id=EOT):
-    """Like `generate`, but yields each new id as soon as it is chosen."""
+def check_generation(inputs, params, n_tokens_to_generate, temperature, top_k, top_p, seed):
     check_sampling(n_tokens_to_generate, temperature, top_k, top_p, seed)
     if len(inputs) == 0:
         raise ValueError("inputs must hold at least one token; [EOT] starts from nothing, as GPT-2 does")
@@ -217,6 +226,63 @@ def stream(inputs, params, n_head, n_tokens_to_generate, temperature=0.0, top_k=
     if len(inputs) + n_tokens_to_generate > n_ctx:
         raise ValueError(f"the prompt is {len(inputs)} tokens and {n_tokens_to_generate} more were asked for, "
                          f"but the model sees at most {n_ctx}: shorten the prompt or generate fewer tokens")
+
+
+def check_n_samples(n_samples, temperature):
+    if not (isinstance(n_samples, (int, np.integer)) and not isinstance(n_samples, bool) and n_samples >= 1):
+        raise ValueError(f"n_samples must be a whole number >= 1, not {n_samples!r}")
+    if n_samples > 1 and temperature == 0:
+        raise ValueError(f"{n_samples} samples at temperature 0 would all be the same greedy text: "
+                         "set a temperature (e.g. 1) to sample")
+
+
+def generate_many(inputs, params, n_head, n_tokens_to_generate, n_samples, temperature=0.0, top_k=None,
+                  top_p=None, seed=None, stop_id=EOT, progress=None):
+    """n_samples lists of ids continuing `inputs`, sampled side by side as one batch.
+
+    The prompt goes through the model once; its keys and values are then copied into every row of
+    a kv_cache(n_batch=n_samples), and each step feeds the rows' latest tokens together, so one
+    read of the weights serves every sample. The rows draw from one generator seeded by `seed`.
+    A row that draws stop_id ends there (its list stops before it) and leaves the batch.
+    progress: wraps the steps, e.g. tqdm, to show how far generation has got.
+    """
+    check_n_samples(n_samples, temperature)
+    check_generation(inputs, params, n_tokens_to_generate, temperature, top_k, top_p, seed)
+    rng = np.random.default_rng(seed)
+    samples = [[] for _ in range(n_samples)]
+    if n_tokens_to_generate == 0:
+        return samples
+    n_prompt = len(inputs)
+    cache = kv_cache(params, n_head, n_prompt + n_tokens_to_generate - 1, n_batch=n_samples)
+    first_row = [{"k": c["k"][0], "v": c["v"][0], "n": 0} for c in cache]  # views of the cache's row 0
+    logits = gpt2(list(inputs), **params, n_head=n_head, cache=first_row, last_only=True)  # [1, n_vocab]
+    for c in cache:  # the prompt's keys and values, computed once, into every other row
+        c["k"][1:, :, :n_prompt] = c["k"][:1, :, :n_prompt]
+        c["v"][1:, :, :n_prompt] = c["v"][:1, :, :n_prompt]
+        c["n"] = n_prompt
+    logits = np.broadcast_to(logits, (n_samples, logits.shape[-1]))
+    rows = list(range(n_samples))  # the sample each row of the batch belongs to
+    for step in (progress or iter)(range(n_tokens_to_generate)):
+        tokens = [sample(row_logits, temperature, top_k, top_p, rng) for row_logits in logits]
+        going = [i for i, token in enumerate(tokens) if token != stop_id]
+        for i in going:
+            samples[rows[i]].append(tokens[i])
+        if len(going) < len(rows):  # drop finished rows: one copy per row that ends, none per step
+            rows, tokens = [rows[i] for i in going], [tokens[i] for i in going]
+            for c in cache:
+                c["k"][:len(rows), :, :c["n"]] = c["k"][going, :, :c["n"]]
+                c["v"][:len(rows), :, :c["n"]] = c["v"][going, :, :c["n"]]
+                c["k"], c["v"] = c["k"][:len(rows)], c["v"][:len(rows)]
+        if not rows or step == n_tokens_to_generate - 1:
+            break
+        logits = gpt2(np.array(tokens)[:, None], **params, n_head=n_head, cache=cache, last_only=True)[:, -1]
+    return samples
+
+
+def stream(inputs, params, n_head, n_tokens_to_generate, temperature=0.0, top_k=None, top_p=None,
+           seed=None, stop_id=EOT):
+    """Like `generate`, but yields each new id as soon as it is chosen."""
+    check_generation(inputs, params, n_tokens_to_generate, temperature, top_k, top_p, seed)
     rng = np.random.default_rng(seed)  # a generator of our own: no global random state
     cache = kv_cache(params, n_head, len(inputs) + n_tokens_to_generate - 1)  # the last token is not fed back
     new = list(inputs)  # the whole prompt goes in once; after that, only the latest token
