@@ -328,7 +328,7 @@ def read_index(path):
        6: masked CRC32C of the tensor's bytes; 7: slices, for variables saved in pieces).
     """
     try:
-        if os.path.getsize(path) > MAX_FILE_BYTES:  # OpenAI's largest index is 26 KB
+        if os.path.getsize(path) > MAX_FILE_BYTES:  # 1558M's index is 21 KB
             raise ValueError("too large")
         with open(path, "rb") as f:
             index = f.read()

@@ -95,19 +95,26 @@ def sgemm_rate(params, n):
     return sum(2 * n * m.shape[0] * m.shape[1] for m in mats) / seconds / 1e9
 
 
+# Starts the command and reports its wall time, peak memory and exit status. On Linux a child's
+# peak memory (ru_maxrss) starts from its parent's, so the parent must be this small process,
+# not the benchmark, which holds the weights itself.
+LAUNCHER = """import os, subprocess, sys, time
+start = time.perf_counter()
+_, status, usage = os.wait4(subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL).pid, 0)
+print(time.perf_counter() - start, usage.ru_maxrss, status)"""
+
+
 def run_cli(args, n_tokens):
     """(wall seconds, peak resident MB) of `python gpt2.py` generating n_tokens."""
     cmd = [sys.executable, os.path.join(ROOT, "gpt2.py"), "The quick brown fox", "--n_tokens_to_generate",
            str(n_tokens), "--ignore_eos", "--model_size", args.model_size, "--models_dir", args.models_dir]
     with tempfile.TemporaryFile() as stderr:  # a file, not a pipe: a full pipe would stall the child
-        start = time.perf_counter()
-        process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr)
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - start
-        if status != 0:
+        report = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], stdout=subprocess.PIPE, stderr=stderr, text=True)
+        seconds, peak_kb, status = report.stdout.split()
+        if status != "0":
             stderr.seek(0)
             sys.exit(f"gpt2.py failed: {stderr.read().decode(errors='replace')}")
-    return seconds, usage.ru_maxrss / 1024  # Linux reports kB
+    return float(seconds), int(peak_kb) / 1024  # Linux reports kB
 
 
 def ensure_model(args):
@@ -129,19 +136,14 @@ def main():
     parser.add_argument("--model_size", default="124M", choices=list(SHAPES))
     parser.add_argument("--models_dir", default="models")
     parser.add_argument("--random", action="store_true", help="write random weights of the real shape if absent")
+    parser.add_argument("--startup_only", action="store_true", help="only the cold start and memory rows (quick for big sizes)")
     args = parser.parse_args()
     model_dir = ensure_model(args)
     load_encoder_hparams_and_params(args.model_size, args.models_dir)  # any download happens here, untimed
-    rows = []
 
-    # Cold starts come first, in fresh processes: the first run after a download (no record yet
-    # that the checksums passed: they are checked), then the second.
-    weights = os.path.getsize(os.path.join(model_dir, DATA_FILE)) / 2**20
-    os.remove(os.path.join(model_dir, VERIFIED_FILE))
-    cold_first, peak_first = run_cli(args, 1)
-    cold_second, _ = run_cli(args, 1)
-    rows.append(("cold start to first token", f"{cold_first:.2f} s first run", f"{cold_second:.2f} s second run",
-                 f"first = second + {(cold_first - cold_second) / (weights / 1024):.2f} s/GB"))
+    rows = startup_rows(args, model_dir)
+    if args.startup_only:
+        return print_rows(args, rows)
 
     _, hparams, params = load_encoder_hparams_and_params(args.model_size, args.models_dir)
     n_head = hparams["n_head"]
@@ -165,10 +167,24 @@ def main():
     rows.append(("prefill (512 tokens)", f"{512 / seconds:.0f} tokens/s, {achieved:.0f} GFLOP/s",
                  f"sgemm {sgemm:.0f} GFLOP/s", f"{achieved / sgemm:.0%} of sgemm"))
 
-    _, peak = run_cli(args, 64)
-    rows.append(("peak memory (64 tokens)", f"{peak:.0f} MB, first run {peak_first:.0f} MB", f"weights {weights:.0f} MB",
-                 f"weights + {peak - weights:.0f} MB, first + {peak_first - weights:.0f} MB"))
+    print_rows(args, rows)
 
+
+def startup_rows(args, model_dir):
+    """Fresh processes: the first run after a download (no record yet that the checksums passed,
+    so they are checked), the second, and the peak memory of each."""
+    weights = os.path.getsize(os.path.join(model_dir, DATA_FILE)) / 2**20
+    os.remove(os.path.join(model_dir, VERIFIED_FILE))
+    cold_first, peak_first = run_cli(args, 1)
+    cold_second, _ = run_cli(args, 1)
+    _, peak = run_cli(args, 64)
+    return [("cold start to first token", f"{cold_first:.2f} s first run", f"{cold_second:.2f} s second run",
+             f"first = second + {(cold_first - cold_second) / (weights / 1024):.2f} s/GB"),
+            ("peak memory (64 tokens)", f"{peak:.0f} MB, first run {peak_first:.0f} MB", f"weights {weights:.0f} MB",
+             f"weights + {peak - weights:.0f} MB, first + {peak_first - weights:.0f} MB")]
+
+
+def print_rows(args, rows):
     print(f"\n{args.model_size}, numpy {np.__version__}, {os.cpu_count()} cores\n")
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
