@@ -169,16 +169,37 @@ def stream(inputs, params, n_head, n_tokens_to_generate, temperature=0.0, top_k=
         new = [token]
 
 
-def score(inputs, params, n_head):  # [n_seq] -> [n_seq]
+def score(inputs, params, n_head, stride=None, progress=None):  # [n_seq] -> [n_seq]
     """Log-probability of each token given the ones before it. The first token is scored after
-    <|endoftext|>, the way GPT-2 saw documents begin. Sum for the total; exp(-mean) is perplexity."""
-    context = [EOT] + list(inputs)[:-1]
-    if len(context) > len(params["wpe"]):
-        raise ValueError(f"the text is {len(context)} tokens; the model sees at most {len(params['wpe'])}")
-    logits = gpt2(context, **params, n_head=n_head).astype(np.float64)
-    log_probs = logits - logits.max(axis=-1, keepdims=True)
-    log_probs -= np.log(np.exp(log_probs).sum(axis=-1, keepdims=True))  # log softmax
-    return log_probs[np.arange(len(inputs)), inputs]
+    <|endoftext|>, the way GPT-2 saw documents begin. Sum for the total; exp(-mean) is perplexity.
+
+    A text of up to n_ctx tokens takes one forward pass over [EOT] + inputs[:-1]. A longer one is
+    read in windows of n_ctx tokens of [EOT] + inputs, the k-th starting at k * stride (default
+    n_ctx // 2) and the last one cut short at the end of the text, as in Hugging Face's perplexity
+    guide. Each window scores only the tokens after the end of the one before, so every token is
+    scored once, and each one after the first window sees more than n_ctx - stride tokens before it.
+    stride = n_ctx gives disjoint windows (fastest, least context); stride = 1 gives every token
+    n_ctx tokens of context at one pass per token. A text of N > n_ctx tokens takes
+    1 + ceil((N - n_ctx) / stride) passes.
+    progress: wraps the windows' start positions, e.g. tqdm, to show how far scoring has got.
+    """
+    n_ctx = len(params["wpe"])
+    stride = n_ctx // 2 if stride is None else stride
+    if not (isinstance(stride, (int, np.integer)) and not isinstance(stride, bool) and 1 <= stride <= n_ctx):
+        raise ValueError(f"stride must be a whole number from 1 to {n_ctx} (the context), not {stride!r}")
+    inputs = list(inputs)
+    if not inputs:
+        return np.zeros(0)
+    text = [EOT] + inputs  # inputs[i] is text[i + 1], predicted from the window's tokens before it
+    log_probs, n_done = [], 0
+    for start in (progress or iter)(range(0, max(len(inputs) - n_ctx, 0) + stride, stride)):
+        end = min(start + n_ctx, len(inputs))
+        logits = gpt2(text[start:end], **params, n_head=n_head)[n_done - start:].astype(np.float64)
+        logits -= logits.max(axis=-1, keepdims=True)
+        logits -= np.log(np.exp(logits).sum(axis=-1, keepdims=True))  # log softmax
+        log_probs.append(logits[np.arange(end - n_done), inputs[n_done:end]])
+        n_done = end
+    return np.concatenate(log_probs)
 
 
 def detokenize(tokens, encoder):
