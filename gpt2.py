@@ -283,7 +283,8 @@ def main(prompt=None, n_tokens_to_generate=40, model_size="124M", models_dir="mo
     if prompt is not None and prompt_file is not None:
         raise ValueError("give the prompt either as an argument or with --prompt_file, not both")
     if prompt is None and prompt_file is None:
-        raise ValueError('give a prompt ("" starts from <|endoftext|>), or --prompt_file PATH (- reads stdin)')
+        raise ValueError('give a prompt ("" starts from <|endoftext|>; one starting with "-" as --prompt="-..."), '
+                         "or --prompt_file PATH (- reads stdin)")
     if prompt_file is not None and not isinstance(prompt_file, str):
         raise ValueError("--prompt_file needs a path (- reads stdin)")
     if prompt is not None and not isinstance(prompt, str):
