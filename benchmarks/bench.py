@@ -11,6 +11,8 @@ Each figure is printed next to its baseline, since timings on a shared machine d
   decode        ms per new token (16-token prompt, 64 new) / one row times every weight matrix
   no cache      the same 64 tokens recomputing the whole sequence each step (picoGPT's way)
   prefill       a 512-token prompt: achieved GFLOP/s / sgemm GFLOP/s on the same matrix shapes
+  score         a 4096-token text at the default stride, tokens/s / prefill's tokens/s; windows
+                overlap, so the ideal is the share of fed positions that are new (about half)
   cold start    process start to first token: the first run after a download (which checks the
                 checksums) against the second
   peak memory   of a process generating 64 tokens, first run and later / size of the weights
@@ -166,6 +168,16 @@ def main():
     achieved, sgemm = prefill_flops(hparams, 512) / seconds / 1e9, sgemm_rate(params, 512)
     rows.append(("prefill (512 tokens)", f"{512 / seconds:.0f} tokens/s, {achieved:.0f} GFLOP/s",
                  f"sgemm {sgemm:.0f} GFLOP/s", f"{achieved / sgemm:.0%} of sgemm"))
+
+    n_ctx, text = hparams["n_ctx"], list(range(3000, 3000 + 4096))
+    stride = n_ctx // 2  # score's default
+    starts = range(0, len(text) - n_ctx + stride, stride)
+    fed = sum(min(start + n_ctx, len(text)) - start for start in starts)  # positions the windows run
+    scoring = best_of(lambda: gpt2.score(text, params, n_head), 2)
+    prefill = 512 / seconds
+    rows.append((f"score ({len(text)} tokens, stride {stride})", f"{len(text) / scoring:.0f} tokens/s, "
+                 f"{len(starts)} windows", f"prefill {prefill:.0f} tokens/s",
+                 f"{len(text) / scoring / prefill:.0%} of prefill (ideal {len(text) / fed:.0%})"))
 
     print_rows(args, rows)
 

@@ -572,4 +572,4 @@ def test_prompt_that_looks_like_a_flag(tiny_models, prompt):
 def test_prompt_beginning_with_a_dash_needs_the_flag_form(tiny_models):
     result = cli("-x", "--n_tokens_to_generate=2", "--models_dir", tiny_models)
     assert result.returncode != 0 and "Traceback" not in result.stderr and result.stdout == ""
-    assert "no value for the required argument: prompt" in result.stderr  # fire took -x for a flag
+    assert "give a prompt" in result.stderr and '--prompt="-' in result.stderr  # fire took -x for a flag
