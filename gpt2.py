@@ -295,16 +295,37 @@ def stream(inputs, params, n_head, n_tokens_to_generate, temperature=0.0, top_k=
         new = [token]
 
 
-def score(inputs, params, n_head):  # [n_seq] -> [n_seq]
+def score(inputs, params, n_head, stride=None, progress=None):  # [n_seq] -> [n_seq]
     """Log-probability of each token given the ones before it. The first token is scored after
-    <|endoftext|>, the way GPT-2 saw documents begin. Sum for the total; exp(-mean) is perplexity."""
-    context = [EOT] + list(inputs)[:-1]
-    if len(context) > len(params["wpe"]):
-        raise ValueError(f"the text is {len(context)} tokens; the model sees at most {len(params['wpe'])}")
-    logits = gpt2(context, **params, n_head=n_head).astype(np.float64)
-    log_probs = logits - logits.max(axis=-1, keepdims=True)
-    log_probs -= np.log(np.exp(log_probs).sum(axis=-1, keepdims=True))  # log softmax
-    return log_probs[np.arange(len(inputs)), inputs]
+    <|endoftext|>, the way GPT-2 saw documents begin. Sum for the total; exp(-mean) is perplexity.
+
+    A text of up to n_ctx tokens takes one forward pass over [EOT] + inputs[:-1]. A longer one is
+    read in windows of n_ctx tokens of [EOT] + inputs, the k-th starting at k * stride (default
+    n_ctx // 2) and the last one cut short at the end of the text, as in Hugging Face's perplexity
+    guide. Each window scores only the tokens after the end of the one before, so every token is
+    scored once, and each one after the first window sees more than n_ctx - stride tokens before it.
+    stride = n_ctx gives disjoint windows (fastest, least context); stride = 1 gives every token
+    n_ctx tokens of context at one pass per token. A text of N > n_ctx tokens takes
+    1 + ceil((N - n_ctx) / stride) passes.
+    progress: wraps the windows' start positions, e.g. tqdm, to show how far scoring has got.
+    """
+    n_ctx = len(params["wpe"])
+    stride = n_ctx // 2 if stride is None else stride
+    if not (isinstance(stride, (int, np.integer)) and not isinstance(stride, bool) and 1 <= stride <= n_ctx):
+        raise ValueError(f"stride must be a whole number from 1 to {n_ctx} (the context), not {stride!r}")
+    inputs = list(inputs)
+    if not inputs:
+        return np.zeros(0)
+    text = [EOT] + inputs  # inputs[i] is text[i + 1], predicted from the window's tokens before it
+    log_probs, n_done = [], 0
+    for start in (progress or iter)(range(0, max(len(inputs) - n_ctx, 0) + stride, stride)):
+        end = min(start + n_ctx, len(inputs))
+        logits = gpt2(text[start:end], **params, n_head=n_head)[n_done - start:].astype(np.float64)
+        logits -= logits.max(axis=-1, keepdims=True)
+        logits -= np.log(np.exp(logits).sum(axis=-1, keepdims=True))  # log softmax
+        log_probs.append(logits[np.arange(end - n_done), inputs[n_done:end]])
+        n_done = end
+    return np.concatenate(log_probs)
 
 
 def detokenize(tokens, encoder):
@@ -316,11 +337,18 @@ def detokenize(tokens, encoder):
     yield decoder.decode(b"", final=True)
 
 
-def print_score(inputs, encoder, params, n_head):
-    """Print each token with its log-probability, then the total and the perplexity."""
-    log_probs = score(inputs, params, n_head)
-    for token, log_prob in zip(inputs, log_probs):
-        print(f"{log_prob:10.4f}  {encoder.decode([token])!r}")
+def print_score(inputs, encoder, params, n_head, stride=None, every_token=True):
+    """Print each token with its log-probability (unless every_token is False), then the total and
+    the perplexity. A text longer than the context shows a progress bar over its windows on stderr."""
+    from tqdm import tqdm  # only the CLI needs it: `import gpt2` stays NumPy only
+
+    def progress(windows):
+        return tqdm(windows, desc="scoring", unit="window", disable=len(windows) < 2, leave=False)
+
+    log_probs = score(inputs, params, n_head, stride, progress)
+    if every_token:
+        for token, log_prob in zip(inputs, log_probs):
+            print(f"{log_prob:10.4f}  {encoder.decode([token])!r}")
     result = {"log_probs": log_probs.tolist(), "total": float(log_probs.sum()),
               "perplexity": float(np.exp(-log_probs.mean()))}
     print(f"total log-probability {result['total']:.4f} over {len(inputs)} tokens, "
@@ -328,27 +356,82 @@ def print_score(inputs, encoder, params, n_head):
     return result
 
 
-def main(prompt, n_tokens_to_generate=40, model_size="124M", models_dir="models", temperature=0.0,
-         top_k=None, top_p=None, seed=None, ignore_eos=False, score=False):
-    """Print GPT-2's continuation of `prompt` as it is generated, and return it.
+TOKEN_LINES = 256  # --score prints a line per token up to this many tokens, and beyond it only with --tokens
 
-    Downloads OpenAI's checkpoint into models_dir/model_size on first use. An empty prompt starts
-    from <|endoftext|>, GPT-2's way of writing unprompted. With --score, print how likely the
-    model finds the prompt instead (per token, total, perplexity).
+
+def read_prompt(path):
+    """The text of a UTF-8 file, or of stdin for "-". A leading byte-order mark is dropped."""
+    name = "stdin" if path == "-" else f"--prompt_file {path}"
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read {name}: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{name} is not UTF-8 text: byte offset {e.start} (0x{data[e.start]:02x}): {e.reason}; "
+                         "save it as UTF-8") from None
+
+
+def main(prompt=None, n_tokens_to_generate=40, model_size="124M", models_dir="models", temperature=0.0,
+         top_k=None, top_p=None, seed=None, ignore_eos=False, score=False, stride=None, tokens=False,
+         prompt_file=None):
+    """Print GPT-2's continuation of a prompt as it is generated, and return it.
+
+    Downloads OpenAI's checkpoint into models_dir/model_size on first use. With --score, print
+    how likely the model finds the prompt instead (per token, total, perplexity).
+
+    Args:
+        prompt: the text to continue or score, given first; "" starts from <|endoftext|>
+        n_tokens_to_generate: how many tokens to add (fewer if the model writes <|endoftext|>)
+        model_size: 124M, 355M, 774M or 1558M
+        models_dir: where model folders are kept
+        temperature: 0 is greedy; above 0, sample from softmax(logits / temperature)
+        top_k: sample only among the k likeliest tokens
+        top_p: then only among the fewest likeliest tokens whose probabilities sum to p
+        seed: makes a sampled run repeatable
+        ignore_eos: keep going past <|endoftext|> instead of stopping there
+        score: print how likely the model finds the prompt instead of continuing it
+        stride: with --score: how far windows move on long texts (none: half the context)
+        tokens: with --score: a line per token even for texts over 256 tokens
+        prompt_file: read the prompt verbatim from this UTF-8 file instead; - reads stdin
     """
     from utils import load_encoder_hparams_and_params  # TensorFlow and requests load only here
 
-    if not isinstance(prompt, str):
+    switches = {"--ignore_eos": ignore_eos, "--score": score, "--tokens": tokens}
+    for flag, value in switches.items():  # fire passes "--score=no" as text
+        if not isinstance(value, bool):
+            raise ValueError(f"{flag} is a switch: give it alone, without a value")
+    if prompt is not None and prompt_file is not None:
+        raise ValueError("give the prompt either as an argument or with --prompt_file, not both")
+    if prompt is None and prompt_file is None:
+        raise ValueError('give a prompt ("" starts from <|endoftext|>; one starting with "-" as --prompt="-..."), '
+                         "or --prompt_file PATH (- reads stdin)")
+    if prompt_file is not None and not isinstance(prompt_file, str):
+        raise ValueError("--prompt_file needs a path (- reads stdin)")
+    if prompt is not None and not isinstance(prompt, str):
         raise ValueError(f"the prompt must be text, not {prompt!r}")
     check_sampling(n_tokens_to_generate, temperature, top_k, top_p, seed)  # before the slow part
-    if not isinstance(ignore_eos, bool) or not isinstance(score, bool):  # fire passes "--score=no" as text
-        raise ValueError("--ignore_eos and --score are switches: give them alone, without a value")
+    if not score and (stride is not None or tokens):
+        raise ValueError("--stride and --tokens go with --score")
+    if stride is not None and not (isinstance(stride, int) and not isinstance(stride, bool) and stride >= 1):
+        raise ValueError(f"--stride must be a whole number >= 1, not {stride!r}")
+    if prompt_file is not None:
+        prompt = read_prompt(prompt_file)
     if score and not prompt:
         raise ValueError("there is nothing to score: give a prompt")
     encoder, hparams, params = load_encoder_hparams_and_params(model_size, models_dir)
     inputs = encoder.encode(prompt) or [EOT]
     if score:  # (the flag `score` hides the function here; print_score calls it)
-        return print_score(inputs, encoder, params, hparams["n_head"])
+        every_token = tokens or len(inputs) <= TOKEN_LINES
+        if not every_token:
+            print(f"{len(inputs)} tokens: only the summary is printed (--tokens adds a line per token)",
+                  file=sys.stderr)
+        return print_score(inputs, encoder, params, hparams["n_head"], stride, every_token)
     pieces = []
     for piece in detokenize(stream(inputs, params, hparams["n_head"], n_tokens_to_generate, temperature, top_k,
                                    top_p, seed, stop_id=None if ignore_eos else EOT), encoder):
@@ -362,9 +445,15 @@ def main(prompt, n_tokens_to_generate=40, model_size="124M", models_dir="models"
 if __name__ == "__main__":
     import fire
 
+    argv = []  # fire reads a lone "-" as its separator between commands: keep "--prompt_file -" a path
+    for arg in sys.argv[1:]:
+        if arg == "-" and argv[-1:] == ["--prompt_file"]:
+            argv[-1] = "--prompt_file=-"
+        else:
+            argv.append(arg)
     try:  # the prompt stays verbatim text (fire would turn "1e3" into a number); results are printed already
-        fire.Fire(fire.decorators.SetParseFns(prompt=str, model_size=str, models_dir=str)(main),
-                  serialize=lambda result: None)
+        fire.Fire(fire.decorators.SetParseFns(prompt=str, model_size=str, models_dir=str, prompt_file=str)(main),
+                  command=argv, serialize=lambda result: None)
     except KeyboardInterrupt:
         sys.exit(130)
     except BrokenPipeError:  # `python gpt2.py ... | head` closed the pipe: not an error

@@ -13,9 +13,12 @@ Each figure is printed next to its baseline, since timings on a shared machine d
                 cache (one row times every layer's cached keys and values, at the median length)
   no cache      the same 64 tokens recomputing the whole sequence each step (picoGPT's way)
   prefill       512- and 1024-token prompts: achieved GFLOP/s / sgemm GFLOP/s on the same shapes
+  score         a 4096-token text at the default stride, tokens/s / prefill's tokens/s; windows
+                overlap, so the ideal is the share of fed positions that are new (about half)
   other sizes   decode / floor for the sizes given with --decode_sizes (355M by default)
-  cold start    process start to first token, with and without the parameter cache
-  peak memory   of a process generating 64 tokens / size of the weights
+  cold start    process start to first token: the first run after a download (which checks the
+                checksums) against the second
+  peak memory   of a process generating 64 tokens, first run and later / size of the weights
 """
 import argparse
 import os
@@ -30,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import gpt2  # noqa: E402
-from utils import FILENAMES, load_encoder_hparams_and_params  # noqa: E402
+from utils import DATA_FILE, FILENAMES, VERIFIED_FILE, load_encoder_hparams_and_params  # noqa: E402
 
 SHAPES = {"124M": (768, 12, 12), "355M": (1024, 16, 24), "774M": (1280, 20, 36), "1558M": (1600, 25, 48)}
 
@@ -107,19 +110,26 @@ def sgemm_rate(params, n):
     return sum(2 * n * m.shape[0] * m.shape[1] for m in mats) / seconds / 1e9
 
 
+# Starts the command and reports its wall time, peak memory and exit status. On Linux a child's
+# peak memory (ru_maxrss) starts from its parent's, so the parent must be this small process,
+# not the benchmark, which holds the weights itself.
+LAUNCHER = """import os, subprocess, sys, time
+start = time.perf_counter()
+_, status, usage = os.wait4(subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL).pid, 0)
+print(time.perf_counter() - start, usage.ru_maxrss, status)"""
+
+
 def run_cli(args, n_tokens):
     """(wall seconds, peak resident MB) of `python gpt2.py` generating n_tokens."""
     cmd = [sys.executable, os.path.join(ROOT, "gpt2.py"), "The quick brown fox", "--n_tokens_to_generate",
            str(n_tokens), "--ignore_eos", "--model_size", args.model_size, "--models_dir", args.models_dir]
     with tempfile.TemporaryFile() as stderr:  # a file, not a pipe: a full pipe would stall the child
-        start = time.perf_counter()
-        process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr)
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - start
-        if status != 0:
+        report = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], stdout=subprocess.PIPE, stderr=stderr, text=True)
+        seconds, peak_kb, status = report.stdout.split()
+        if status != "0":
             stderr.seek(0)
             sys.exit(f"gpt2.py failed: {stderr.read().decode(errors='replace')}")
-    return seconds, usage.ru_maxrss / 1024  # Linux reports kB
+    return float(seconds), int(peak_kb) / 1024  # Linux reports kB
 
 
 def ensure_model(args):
@@ -143,20 +153,14 @@ def main():
     parser.add_argument("--random", action="store_true", help="write random weights of the real shape if absent")
     parser.add_argument("--decode_sizes", nargs="*", default=["355M"], choices=list(SHAPES),
                         help="other sizes to measure decode / floor for (each loaded, or written with --random)")
+    parser.add_argument("--startup_only", action="store_true", help="only the cold start and memory rows (quick for big sizes)")
     args = parser.parse_args()
     model_dir = ensure_model(args)
     load_encoder_hparams_and_params(args.model_size, args.models_dir)  # any download happens here, untimed
-    rows = []
 
-    # Cold starts come first, in fresh processes: without the parameter cache (TensorFlow parses
-    # the checkpoint and the cache is rebuilt), then with it.
-    for name in ("params.npy", "params.json"):
-        if os.path.exists(os.path.join(model_dir, name)):
-            os.remove(os.path.join(model_dir, name))
-    cold_tf, _ = run_cli(args, 1)
-    cold_cached, _ = run_cli(args, 1)
-    rows.append(("cold start to first token", f"{cold_cached:.2f} s", f"{cold_tf:.2f} s without the parameter cache",
-                 f"{cold_tf / cold_cached:.1f}x faster"))
+    rows = startup_rows(args, model_dir)
+    if args.startup_only:
+        return print_rows(args, rows)
 
     _, hparams, params = load_encoder_hparams_and_params(args.model_size, args.models_dir)
     n_head = hparams["n_head"]
@@ -183,6 +187,7 @@ def main():
     rows.append(("decode (768 + 128 tokens)", f"{per_token * 1e3:.1f} ms/token",
                  f"floor + cache read {floor_read * 1e3:.1f} ms", f"{ratio:.2f}x (floor + cache read)"))
 
+    prefill = None
     for n in (512, 1024):
         prompt_n = list(range(2000, 2000 + n))
         seconds = best_of(lambda: gpt2.gpt2(prompt_n, **params, n_head=n_head, cache=gpt2.kv_cache(params, n_head, n),
@@ -190,10 +195,16 @@ def main():
         achieved, sgemm = prefill_flops(hparams, n) / seconds / 1e9, sgemm_rate(params, n)
         rows.append((f"prefill ({n} tokens)", f"{n / seconds:.0f} tokens/s, {achieved:.0f} GFLOP/s",
                      f"sgemm {sgemm:.0f} GFLOP/s", f"{achieved / sgemm:.0%} of sgemm"))
+        prefill = prefill if n != 512 else n / seconds  # score's baseline
 
-    _, peak = run_cli(args, 64)
-    weights = os.path.getsize(os.path.join(model_dir, "params.npy")) / 2**20
-    rows.append(("peak memory (64 tokens)", f"{peak:.0f} MB", f"weights {weights:.0f} MB", f"weights + {peak - weights:.0f} MB"))
+    n_ctx, text = hparams["n_ctx"], list(range(3000, 3000 + 4096))
+    stride = n_ctx // 2  # score's default
+    starts = range(0, len(text) - n_ctx + stride, stride)
+    fed = sum(min(start + n_ctx, len(text)) - start for start in starts)  # positions the windows run
+    scoring = best_of(lambda: gpt2.score(text, params, n_head), 2)
+    rows.append((f"score ({len(text)} tokens, stride {stride})", f"{len(text) / scoring:.0f} tokens/s, "
+                 f"{len(starts)} windows", f"prefill {prefill:.0f} tokens/s",
+                 f"{len(text) / scoring / prefill:.0%} of prefill (ideal {len(text) / fed:.0%})"))
 
     del params
     for size in args.decode_sizes:  # decode alone, for the bigger shapes' weight matrices
@@ -207,6 +218,24 @@ def main():
                      f"{ratio:.2f}x floor"))
         del other
 
+    print_rows(args, rows)
+
+
+def startup_rows(args, model_dir):
+    """Fresh processes: the first run after a download (no record yet that the checksums passed,
+    so they are checked), the second, and the peak memory of each."""
+    weights = os.path.getsize(os.path.join(model_dir, DATA_FILE)) / 2**20
+    os.remove(os.path.join(model_dir, VERIFIED_FILE))
+    cold_first, peak_first = run_cli(args, 1)
+    cold_second, _ = run_cli(args, 1)
+    _, peak = run_cli(args, 64)
+    return [("cold start to first token", f"{cold_first:.2f} s first run", f"{cold_second:.2f} s second run",
+             f"first = second + {(cold_first - cold_second) / (weights / 1024):.2f} s/GB"),
+            ("peak memory (64 tokens)", f"{peak:.0f} MB, first run {peak_first:.0f} MB", f"weights {weights:.0f} MB",
+             f"weights + {peak - weights:.0f} MB, first + {peak_first - weights:.0f} MB")]
+
+
+def print_rows(args, rows):
     print(f"\n{args.model_size}, numpy {np.__version__}, {os.cpu_count()} cores\n")
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:

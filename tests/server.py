@@ -1,7 +1,7 @@
 """A local HTTP file server for download tests (127.0.0.1 only), with faults to order.
 
 It serves files under `root` the way OpenAI's blob store does: Content-Length, a base64
-Content-MD5 of the whole file, and byte ranges. `faults` bends that per file name:
+Content-MD5 of the whole file, byte ranges, and HEAD (recorded in `heads`). `faults` bends that per file name:
     statuses:   {name: [500, 500]}  answer these codes first, one per request
     drop_after: {name: n}           cut the connection once the file's first n bytes are sent
                                     (on every request: a resumed one gets no further)
@@ -21,6 +21,20 @@ import time
 class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep test output clean
         pass
+
+    def do_HEAD(self):
+        server = self.server
+        server.heads.append(self.path)
+        path = os.path.join(server.root, self.path.lstrip("/"))
+        if ".." in self.path or not os.path.isfile(path):
+            self.send_error(404)
+            return
+        with open(path, "rb") as f:
+            md5 = hashlib.md5(f.read()).digest()
+        self.send_response(200)
+        self.send_header("Content-MD5", base64.b64encode(md5).decode())
+        self.send_header("Content-Length", str(os.path.getsize(path)))
+        self.end_headers()
 
     def do_GET(self):
         server = self.server
@@ -78,9 +92,10 @@ class Server(http.server.ThreadingHTTPServer):
 
 def serve(root, faults=None):
     """Start serving `root` on a free port of 127.0.0.1 in a thread. Returns the server, whose
-    .url is the base URL, .requests lists (path, Range) received, and .faults can be changed."""
+    .url is the base URL, .requests lists (path, Range) of the GETs received, .heads the paths
+    of the HEADs, and .faults can be changed."""
     server = Server(("127.0.0.1", 0), Handler)
-    server.root, server.faults, server.requests = str(root), faults or {}, []
+    server.root, server.faults, server.requests, server.heads = str(root), faults or {}, [], []
     server.url = f"http://127.0.0.1:{server.server_address[1]}"
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()  # quick to shut down
     return server

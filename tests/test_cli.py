@@ -14,7 +14,7 @@ from checkpoints import reference_logits
 from conftest import ROOT
 from encoder import get_encoder
 from server import serve
-from utils import FILENAMES
+from utils import FILENAMES, VERIFIED_FILE
 
 PROMPT = "Alan Turing theorized that computers would one day become"
 
@@ -27,9 +27,9 @@ def closed_port_url():
     return f"http://127.0.0.1:{port}"
 
 
-def run(*args, base_url=None, timeout=120):
+def run(*args, base_url=None, timeout=120, env=None):
     """`python gpt2.py ...` as a user runs it, never reaching beyond 127.0.0.1."""
-    env = {**os.environ, "GPT2_BASE_URL": base_url or closed_port_url()}
+    env = {**os.environ, **(env or {}), "GPT2_BASE_URL": base_url or closed_port_url()}
     return subprocess.run([sys.executable, os.path.join(ROOT, "gpt2.py"), *args], capture_output=True,
                           text=True, encoding="utf-8", env=env, timeout=timeout)
 
@@ -82,6 +82,30 @@ def test_download_then_generate_then_offline(source, tmp_path):
     assert second.stdout == expected
 
 
+def test_first_run_without_tensorflow(source, tmp_path):
+    """Download, checksums, generation: a machine without TensorFlow needs none of it."""
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['tensorflow'] = None  # `import tensorflow` fails\n")
+    server = serve(os.path.dirname(source))
+    try:
+        result = run(PROMPT, "--n_tokens_to_generate", "8", "--models_dir", str(tmp_path / "models"),
+                     base_url=server.url, env={"PYTHONPATH": str(tmp_path)})
+    finally:
+        server.shutdown()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == reference_greedy_text(source, PROMPT, 8)
+    assert "tensorflow" not in result.stderr.lower() and "cuda" not in result.stderr.lower()
+    assert sorted(os.listdir(tmp_path / "models" / "124M")) == sorted([*FILENAMES, VERIFIED_FILE])
+
+
+def test_folder_of_another_size_is_refused(source, tmp_path):
+    """OpenAI's 124M hparams in models/355M: refused before anything is read or fetched."""
+    shutil.copytree(source, tmp_path / "355M")
+    (tmp_path / "355M" / "hparams.json").write_text('{"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, '
+                                                    '"n_head": 12, "n_layer": 12}')
+    result = run("Hi", "--model_size", "355M", "--models_dir", str(tmp_path))
+    assert_one_line_error(result, "hparams.json is GPT-2 124M's", "not 355M's", str(tmp_path / "124M"))
+
+
 def test_prompt_is_taken_verbatim(tiny_models):
     """fire would read "1e3" as a number; the model must see the text as typed."""
     result = run("1e3", "--n_tokens_to_generate", "4", "--models_dir", tiny_models)
@@ -118,9 +142,7 @@ def test_no_network_and_no_files(tmp_path):
 
 
 def test_truncated_data_file_is_named(source, tmp_path):
-    shutil.copytree(source, tmp_path / "124M")
-    for cache in ("params.npy", "params.json"):
-        (tmp_path / "124M" / cache).unlink(missing_ok=True)
+    shutil.copytree(source, tmp_path / "124M", ignore=shutil.ignore_patterns(VERIFIED_FILE))
     data = tmp_path / "124M" / "model.ckpt.data-00000-of-00001"
     data.write_bytes(data.read_bytes()[:1000])
     assert_one_line_error(run("Hi", "--models_dir", str(tmp_path)), "model.ckpt.data-00000-of-00001")
@@ -128,9 +150,7 @@ def test_truncated_data_file_is_named(source, tmp_path):
 
 @pytest.mark.parametrize("name", ["hparams.json", "encoder.json", "vocab.bpe", "model.ckpt.index"])
 def test_truncated_small_file_is_named(source, tmp_path, name):
-    shutil.copytree(source, tmp_path / "124M")
-    for cache in ("params.npy", "params.json"):
-        (tmp_path / "124M" / cache).unlink(missing_ok=True)
+    shutil.copytree(source, tmp_path / "124M", ignore=shutil.ignore_patterns(VERIFIED_FILE))
     path = tmp_path / "124M" / name
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     assert_one_line_error(run("Hi", "--models_dir", str(tmp_path)), name)

@@ -61,7 +61,7 @@ def names_asked(server):
 
 
 def copy_model(source, folder, leave_out=()):
-    """folder/124M with source's seven files (no parameter cache), except those left out."""
+    """folder/124M with source's seven files (not yet checked), except those left out."""
     os.makedirs(folder)
     for name in FILENAMES:
         if name not in leave_out:
@@ -151,12 +151,23 @@ def test_server_without_range_support_starts_over(source, online, tmp_path):
     assert_complete(tmp_path / "124M", source)
 
 
-def test_partial_file_as_long_as_the_file_starts_over(source, online, tmp_path):
-    """A .part as long as the file (cut off just before its rename): the server answers 416."""
+def test_complete_part_is_finished_not_downloaded_again(source, online, tmp_path):
+    """A .part as long as the file: a crash came between its fsync and its rename. The server
+    answers the Range with 416; a HEAD gives the length and MD5, and the .part is renamed."""
     folder = copy_model(source, tmp_path / "124M", leave_out=[DATA_FILE])
     shutil.copyfile(os.path.join(source, DATA_FILE), folder / (DATA_FILE + ".part"))
     download_gpt2_files("124M", str(folder))
-    assert ranges_asked(online, DATA_FILE)[-1] is None
+    size = os.path.getsize(os.path.join(source, DATA_FILE))
+    assert ranges_asked(online, DATA_FILE) == [f"bytes={size}-"]  # answered 416, no bytes sent
+    assert [path.rsplit("/", 1)[1] for path in online.heads] == [DATA_FILE]
+    assert_complete(folder, source)
+
+
+def test_part_as_long_as_the_file_but_wrong_starts_over(source, online, tmp_path):
+    folder = copy_model(source, tmp_path / "124M", leave_out=[DATA_FILE])
+    (folder / (DATA_FILE + ".part")).write_bytes(b"\0" * os.path.getsize(os.path.join(source, DATA_FILE)))
+    download_gpt2_files("124M", str(folder))
+    assert ranges_asked(online, DATA_FILE)[-1] is None  # the MD5 differed: fetched whole
     assert_complete(folder, source)
 
 
@@ -293,7 +304,62 @@ def test_ctrl_c_during_generation_exits_130(make_models):
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. Folders with a missing, cut-off or mismatched file
+# 3. Two processes on one folder
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def hold_lock(folder, seconds):
+    """Another process that holds folder's lock for `seconds`, started once it has it."""
+    os.makedirs(folder, exist_ok=True)
+    process = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, os.path.join(folder, utils.LOCK_FILE), str(seconds)],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "locked\n"
+    return process
+
+
+def test_two_first_runs_at_once_take_turns(source, mirror, tmp_path):
+    mirror.faults["trickle"] = {DATA_FILE: 0.002}  # a download that lasts a second or two
+    args = (PROMPT, "--n_tokens_to_generate=4", "--models_dir", str(tmp_path))
+    first, second = cli_process(*args, base_url=mirror.url), cli_process(*args, base_url=mirror.url)
+    results = [process.communicate(timeout=120) + (process.returncode,) for process in (first, second)]
+    expected = expected_text(os.path.dirname(source), PROMPT, 4)
+    for out, err, code in results:
+        assert code == 0 and out == expected, err
+    waited = [err for _, err, _ in results if "waiting for another process to finish with" in err]
+    assert len(waited) == 1, results
+    assert names_asked(mirror).count(DATA_FILE) == 1  # downloaded once, by whichever came first
+    assert_complete(tmp_path / "124M", source)
+    assert not (tmp_path / "124M" / utils.LOCK_FILE).exists()  # released and removed
+
+
+def test_a_held_lock_is_waited_for(source, offline, tmp_path, capsys):
+    folder = copy_model(source, tmp_path / "124M")
+    holder = hold_lock(folder, 1.5)
+    load_encoder_hparams_and_params("124M", str(tmp_path))
+    assert holder.poll() is not None  # it went on only once the holder was done
+    assert f"waiting for another process to finish with {folder}" in capsys.readouterr().err
+
+
+def test_lock_left_by_a_killed_process_blocks_no_one(source, offline, tmp_path, capsys):
+    folder = copy_model(source, tmp_path / "124M")
+    holder = hold_lock(folder, 60)
+    holder.kill()
+    holder.wait()
+    assert (folder / utils.LOCK_FILE).exists()  # the file stays; its lock went with the process
+    load_encoder_hparams_and_params("124M", str(tmp_path))
+    assert "waiting" not in capsys.readouterr().err
+    assert not (folder / utils.LOCK_FILE).exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Folders with a missing, cut-off or mismatched file
 
 
 @pytest.mark.parametrize("missing", FILENAMES)
@@ -415,7 +481,7 @@ def test_hparams_of_another_model_is_named_not_fetched(source, offline, tmp_path
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. All four sizes, downloaded and run through the CLI, against the TensorFlow reference
+# 5. All four sizes, downloaded and run through the CLI, against the TensorFlow reference
 
 
 @pytest.mark.parametrize("shape", ["124M", "355M", "774M", "1558M"])
@@ -431,7 +497,7 @@ def test_every_size_end_to_end(make_models, tmp_path, shape):
     assert result.returncode == 0, result.stderr
     assert_complete(tmp_path / size, os.path.join(models_dir, size))
 
-    encoder, hparams, params = load_encoder_hparams_and_params(size, str(tmp_path))  # the CLI's cache
+    encoder, hparams, params = load_encoder_hparams_and_params(size, str(tmp_path))  # what the CLI downloaded
     prompt = encoder.encode(PROMPT)
     new = gpt2.generate(prompt, params, hparams["n_head"], 3, stop_id=None)
     assert result.stdout == encoder.decode(new)
@@ -443,7 +509,7 @@ def test_every_size_end_to_end(make_models, tmp_path, shape):
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. Hostile input
+# 6. Hostile input
 
 
 @functools.lru_cache
@@ -506,4 +572,4 @@ def test_prompt_that_looks_like_a_flag(tiny_models, prompt):
 def test_prompt_beginning_with_a_dash_needs_the_flag_form(tiny_models):
     result = cli("-x", "--n_tokens_to_generate=2", "--models_dir", tiny_models)
     assert result.returncode != 0 and "Traceback" not in result.stderr and result.stdout == ""
-    assert "no value for the required argument: prompt" in result.stderr  # fire took -x for a flag
+    assert "give a prompt" in result.stderr and '--prompt="-' in result.stderr  # fire took -x for a flag

@@ -30,7 +30,7 @@ def test_committed_notebook_has_no_outputs():
 def test_notebook_runs_and_draws_both_plots(tiny_models, monkeypatch):
     import utils
 
-    utils.load_encoder_hparams_and_params("124M", tiny_models)  # builds the parameter cache here, not in the kernel
+    utils.load_encoder_hparams_and_params("124M", tiny_models)  # checks the checksums here, not in the kernel
     monkeypatch.setenv("GPT2_NOTEBOOK_MODELS_DIR", tiny_models)
     # The kernel's own inline backend: it draws with Agg (no display needed) and sends each figure
     # as a PNG. A plain MPLBACKEND=Agg inherited from CI would draw nothing.
