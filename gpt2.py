@@ -320,12 +320,48 @@ def score(inputs, params, n_head, stride=None, progress=None):  # [n_seq] -> [n_
     log_probs, n_done = [], 0
     for start in (progress or iter)(range(0, max(len(inputs) - n_ctx, 0) + stride, stride)):
         end = min(start + n_ctx, len(inputs))
-        logits = gpt2(text[start:end], **params, n_head=n_head)[n_done - start:].astype(np.float64)
-        logits -= logits.max(axis=-1, keepdims=True)
-        logits -= np.log(np.exp(logits).sum(axis=-1, keepdims=True))  # log softmax
-        log_probs.append(logits[np.arange(end - n_done), inputs[n_done:end]])
+        logits = gpt2(text[start:end], **params, n_head=n_head)[n_done - start:]
+        log_probs.append(log_prob_of(logits, inputs[n_done:end]))
         n_done = end
     return np.concatenate(log_probs)
+
+
+def log_prob_of(logits, ids):  # [n, n_vocab], [n] -> [n]
+    """log softmax(logits)[i, ids[i]] for each row i, in float64 for exact sums."""
+    logits = logits.astype(np.float64)
+    logits -= logits.max(axis=-1, keepdims=True)
+    logits -= np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+    return logits[np.arange(len(ids)), ids]
+
+
+def score_many(texts, params, n_head, stride=None, max_rows=64, max_positions=512, progress=None):
+    """`score` of each text in a list of token-id lists, as a list of arrays, computed in batches.
+
+    The texts go by length, the shortest first, so that texts of about one length share a batch,
+    and each batch's contexts are right-padded to its longest: the causal mask makes the padding
+    exact, as no position sees the ones after it. A batch holds at most max_rows texts and
+    max_positions positions in all (its logits take max_positions x n_vocab floats: 100 MB at 512).
+    Texts longer than the context are scored alone, in score's windows of `stride`.
+    progress: wraps the batches, e.g. tqdm, to show how far scoring has got.
+    """
+    texts = [list(text) for text in texts]
+    n_ctx = len(params["wpe"])
+    results = [score(text, params, n_head, stride) if not 0 < len(text) <= n_ctx else None for text in texts]
+    batches, batch = [], []
+    for i in sorted((i for i, r in enumerate(results) if r is None), key=lambda i: len(texts[i])):
+        if batch and (len(batch) == max_rows or (len(batch) + 1) * len(texts[i]) > max_positions):
+            batches.append(batch)
+            batch = []
+        batch.append(i)
+    batches += [batch] if batch else []
+    for batch in (progress or iter)(batches):
+        contexts = np.full((len(batch), len(texts[batch[-1]])), EOT)  # [n_rows, n_seq], the longest last
+        for row, i in enumerate(batch):
+            contexts[row, 1:len(texts[i])] = texts[i][:-1]
+        logits = gpt2(contexts, **params, n_head=n_head)  # [n_rows, n_seq, n_vocab]
+        for row, i in enumerate(batch):
+            results[i] = log_prob_of(logits[row, :len(texts[i])], texts[i])
+    return results
 
 
 def detokenize(tokens, encoder):
@@ -356,6 +392,45 @@ def print_score(inputs, encoder, params, n_head, stride=None, every_token=True):
     return result
 
 
+def print_samples(inputs, encoder, params, n_head, n_samples, n_tokens_to_generate, temperature, top_k, top_p,
+                  seed, stop_id):
+    """Generate n_samples continuations side by side, with a progress bar over the tokens on
+    stderr, then print each under a header line as OpenAI's sample scripts do."""
+    from tqdm import tqdm
+
+    def progress(steps):
+        return tqdm(steps, desc=f"{n_samples} samples", unit="token", leave=False)
+
+    samples = generate_many(inputs, params, n_head, n_tokens_to_generate, n_samples, temperature, top_k, top_p,
+                            seed, stop_id, progress)
+    texts = [encoder.decode(sample) for sample in samples]
+    for i, text in enumerate(texts, 1):
+        print(f"======== SAMPLE {i} ========")
+        print(text)
+    return texts
+
+
+def print_line_scores(text, encoder, params, n_head, stride=None):
+    """Score each non-empty line of `text` as a text of its own and print a tab-separated row per
+    line (line number, tokens, total log-probability, perplexity), then a summary line."""
+    from tqdm import tqdm
+
+    def progress(batches):
+        return tqdm(batches, desc="scoring", unit="batch", disable=len(batches) < 2, leave=False)
+
+    numbered = [(number, encoder.encode(line)) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not numbered:
+        raise ValueError("there is nothing to score: every line of the prompt is empty")
+    results = score_many([ids for _, ids in numbered], params, n_head, stride, progress=progress)
+    for (number, ids), log_probs in zip(numbered, results):
+        print(f"{number}\t{len(ids)}\t{log_probs.sum():.4f}\t{np.exp(-log_probs.mean()):.4f}")
+    all_log_probs = np.concatenate(results)
+    total, n_tokens = float(all_log_probs.sum()), len(all_log_probs)
+    print(f"{len(numbered)} lines, {n_tokens} tokens: total log-probability {total:.4f}, "
+          f"perplexity {np.exp(-total / n_tokens):.4f}")
+    return [float(log_probs.sum()) for log_probs in results]
+
+
 TOKEN_LINES = 256  # --score prints a line per token up to this many tokens, and beyond it only with --tokens
 
 
@@ -379,7 +454,7 @@ def read_prompt(path):
 
 def main(prompt=None, n_tokens_to_generate=40, model_size="124M", models_dir="models", temperature=0.0,
          top_k=None, top_p=None, seed=None, ignore_eos=False, score=False, stride=None, tokens=False,
-         prompt_file=None):
+         prompt_file=None, n_samples=None, each_line=False):
     """Print GPT-2's continuation of a prompt as it is generated, and return it.
 
     Downloads OpenAI's checkpoint into models_dir/model_size on first use. With --score, print
@@ -399,10 +474,12 @@ def main(prompt=None, n_tokens_to_generate=40, model_size="124M", models_dir="mo
         stride: with --score: how far windows move on long texts (none: half the context)
         tokens: with --score: a line per token even for texts over 256 tokens
         prompt_file: read the prompt verbatim from this UTF-8 file instead; - reads stdin
+        n_samples: print this many samples of the continuation, each under a header (needs a temperature)
+        each_line: with --score and --prompt_file: score each non-empty line alone, a row per line
     """
     from utils import load_encoder_hparams_and_params  # TensorFlow and requests load only here
 
-    switches = {"--ignore_eos": ignore_eos, "--score": score, "--tokens": tokens}
+    switches = {"--ignore_eos": ignore_eos, "--score": score, "--tokens": tokens, "--each_line": each_line}
     for flag, value in switches.items():  # fire passes "--score=no" as text
         if not isinstance(value, bool):
             raise ValueError(f"{flag} is a switch: give it alone, without a value")
@@ -420,11 +497,25 @@ def main(prompt=None, n_tokens_to_generate=40, model_size="124M", models_dir="mo
         raise ValueError("--stride and --tokens go with --score")
     if stride is not None and not (isinstance(stride, int) and not isinstance(stride, bool) and stride >= 1):
         raise ValueError(f"--stride must be a whole number >= 1, not {stride!r}")
+    if each_line and not (score and prompt_file is not None):
+        raise ValueError("--each_line goes with --score and --prompt_file: it scores each line of the file")
+    if each_line and tokens:
+        raise ValueError("--each_line prints a row per line, not per token: leave out --tokens")
+    if n_samples is not None:
+        if score:
+            raise ValueError("--n_samples is for generating; --score reads the prompt only")
+        if not (isinstance(n_samples, int) and not isinstance(n_samples, bool) and n_samples >= 1):
+            raise ValueError(f"--n_samples must be a whole number >= 1, not {n_samples!r}")
+        if n_samples > 1 and temperature == 0:
+            raise ValueError(f"{n_samples} samples at temperature 0 would all be the same greedy text: "
+                             "set --temperature (e.g. 1)")
     if prompt_file is not None:
         prompt = read_prompt(prompt_file)
     if score and not prompt:
         raise ValueError("there is nothing to score: give a prompt")
     encoder, hparams, params = load_encoder_hparams_and_params(model_size, models_dir)
+    if each_line:
+        return print_line_scores(prompt, encoder, params, hparams["n_head"], stride)
     inputs = encoder.encode(prompt) or [EOT]
     if score:  # (the flag `score` hides the function here; print_score calls it)
         every_token = tokens or len(inputs) <= TOKEN_LINES
@@ -432,6 +523,9 @@ def main(prompt=None, n_tokens_to_generate=40, model_size="124M", models_dir="mo
             print(f"{len(inputs)} tokens: only the summary is printed (--tokens adds a line per token)",
                   file=sys.stderr)
         return print_score(inputs, encoder, params, hparams["n_head"], stride, every_token)
+    if n_samples is not None:
+        return print_samples(inputs, encoder, params, hparams["n_head"], n_samples, n_tokens_to_generate,
+                             temperature, top_k, top_p, seed, None if ignore_eos else EOT)
     pieces = []
     for piece in detokenize(stream(inputs, params, hparams["n_head"], n_tokens_to_generate, temperature, top_k,
                                    top_p, seed, stop_id=None if ignore_eos else EOT), encoder):

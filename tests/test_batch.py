@@ -144,3 +144,29 @@ def test_bad_n_samples_are_clear_errors(tiny, kwargs, message):
     params, n_head = tiny
     with pytest.raises(ValueError, match="^" + message.replace("(", r"\(")):
         gpt2.generate(PROMPT_IDS, params, n_head, 4, **kwargs)
+
+
+def test_score_many_equals_score_of_each_text(tiny):
+    """Texts of every length from 1 to n_ctx - 1 tokens and beyond the context (scored in
+    windows), in an order that is not by length, with small batches so that many form."""
+    params, n_head = tiny
+    rng = np.random.default_rng(0)
+    lengths = list(range(1, 64)) + [64, 65, 150, 0]
+    rng.shuffle(lengths)
+    texts = [rng.integers(0, 50257, n).tolist() for n in lengths]
+    many = gpt2.score_many(texts, params, n_head, stride=16, max_rows=5, max_positions=200)
+    assert len(many) == len(texts)
+    for text, ours in zip(texts, many):
+        alone = gpt2.score(text, params, n_head, stride=16)
+        assert ours.shape == (len(text),)
+        np.testing.assert_allclose(ours, alone, atol=1e-4, err_msg=f"a text of {len(text)} tokens")
+
+
+def test_score_many_matches_reference_log_softmax(tiny, tiny_models):
+    """Two texts of different lengths in one padded batch, against TensorFlow's log-softmax."""
+    params, n_head = tiny
+    texts = [PROMPT_IDS, PROMPT_IDS[:2], PROMPT_IDS[::-1][:4]]
+    for text, ours in zip(texts, gpt2.score_many(texts, params, n_head)):
+        logits = reference_logits(os.path.join(tiny_models, "124M"), [50256] + text[:-1]).astype(np.float64)
+        expected = [row[t] - np.log(np.exp(row - row.max()).sum()) - row.max() for row, t in zip(logits, text)]
+        np.testing.assert_allclose(ours, expected, atol=1e-4)
