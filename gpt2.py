@@ -267,7 +267,7 @@ def generate_many(inputs, params, n_head, n_tokens_to_generate, n_samples, tempe
         going = [i for i, token in enumerate(tokens) if token != stop_id]
         for i in going:
             samples[rows[i]].append(tokens[i])
-        if len(going) < len(rows):  # drop finished rows: one copy per row that ends, none per step
+        if len(going) < len(rows):  # drop finished rows: a copy of the cache when rows end, none per step
             rows, tokens = [rows[i] for i in going], [tokens[i] for i in going]
             for c in cache:
                 c["k"][:len(rows), :, :c["n"]] = c["k"][going, :, :c["n"]]
