@@ -194,12 +194,21 @@ def score(inputs, params, n_head, stride=None, progress=None):  # [n_seq] -> [n_
     log_probs, n_done = [], 0
     for start in (progress or iter)(range(0, max(len(inputs) - n_ctx, 0) + stride, stride)):
         end = min(start + n_ctx, len(inputs))
-        logits = gpt2(text[start:end], **params, n_head=n_head)[n_done - start:].astype(np.float64)
-        logits -= logits.max(axis=-1, keepdims=True)
-        logits -= np.log(np.exp(logits).sum(axis=-1, keepdims=True))  # log softmax
-        log_probs.append(logits[np.arange(end - n_done), inputs[n_done:end]])
+        logits = gpt2(text[start:end], **params, n_head=n_head)[n_done - start:]
+        log_probs.append(log_softmax_at(logits, inputs[n_done:end]))
         n_done = end
     return np.concatenate(log_probs)
+
+
+def log_softmax_at(logits, ids):  # [n, n_vocab], [n] -> [n]
+    """log softmax(logits[i])[ids[i]] for each row i, in float64 for exact sums. A few rows at a
+    time: a float64 copy of 1024 rows of logits would take 400 MB."""
+    out = np.empty(len(ids))
+    for i in range(0, len(ids), 64):
+        rows = logits[i:i + 64].astype(np.float64)
+        rows -= rows.max(axis=-1, keepdims=True)
+        out[i:i + 64] = rows[np.arange(len(rows)), ids[i:i + 64]] - np.log(np.exp(rows).sum(axis=-1))
+    return out
 
 
 def detokenize(tokens, encoder):
