@@ -12,26 +12,51 @@ import numpy as np
 EOT = 50256  # <|endoftext|>: GPT-2 saw it between documents, so it also marks "start of text"
 
 
-def gelu(x):
-    """Gaussian error linear unit, in the tanh approximation GPT-2 was trained with."""
-    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)))
+# -2 sqrt(2/pi) for gelu, once; a Python float, so float32 arrays stay float32 when they meet it
+MINUS_TWO_SQRT_2_OVER_PI = -2 * math.sqrt(2 / math.pi)
 
 
-def softmax(x):
-    """Along the last axis. Subtracting the max first keeps exp from overflowing."""
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+def gelu(x):  # [..., n] -> [..., n]
+    """Gaussian error linear unit, in the tanh approximation GPT-2 was trained with:
+    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+
+    Computed as x / (1 + exp(-2 sqrt(2/pi) (x + 0.044715 x^3))), the same function since
+    1 + tanh(y) = 2 / (1 + exp(-2y)), in place in one new array (speed: a prompt's [n_seq, 3072]
+    hidden layer is the largest elementwise work in the model, and exp costs about half of tanh).
+    """
+    z = x * x
+    z *= 0.044715 * MINUS_TWO_SQRT_2_OVER_PI
+    z += MINUS_TWO_SQRT_2_OVER_PI
+    z *= x  # -2 sqrt(2/pi) (x + 0.044715 x^3)
+    np.minimum(z, 80, out=z)  # exp(80) is finite in float32 and x / it is 0 to float precision anyway
+    np.exp(z, out=z)
+    z += 1
+    return np.divide(x, z, out=z)
 
 
-def layer_norm(x, g, b, eps=1e-5):  # [n_seq, n_embd] -> [n_seq, n_embd]
+def softmax(x, out=None):
+    """Along the last axis. Subtracting the max first keeps exp from overflowing.
+    out=x overwrites x instead of making a new array, for the big attention scores."""
+    e = np.subtract(x, x.max(axis=-1, keepdims=True), out=out)
+    np.exp(e, out=e)
+    e /= e.sum(axis=-1, keepdims=True)
+    return e
+
+
+def layer_norm(x, g, b, eps=1e-5):  # [..., n_embd] -> [..., n_embd]
     """Normalize each position to mean 0 and variance 1, then scale by g and shift by b."""
-    mean = x.mean(axis=-1, keepdims=True)
-    variance = x.var(axis=-1, keepdims=True)
-    return g * (x - mean) / np.sqrt(variance + eps) + b
+    x = x - x.sum(axis=-1, keepdims=True) / x.shape[-1]  # (sum / n: np.mean costs more calls for one row)
+    variance = np.square(x).sum(axis=-1, keepdims=True) / x.shape[-1]
+    x /= np.sqrt(variance + eps)
+    x *= g
+    x += b
+    return x
 
 
 def linear(x, w, b):  # [m, in] @ [in, out] + [out] -> [m, out]
-    return x @ w + b
+    y = x @ w
+    y += b  # in place: no second [m, out] array
+    return y
 
 
 def ffn(x, c_fc, c_proj):  # [n_seq, n_embd] -> [n_seq, n_embd]
@@ -39,12 +64,16 @@ def ffn(x, c_fc, c_proj):  # [n_seq, n_embd] -> [n_seq, n_embd]
     return linear(gelu(linear(x, **c_fc)), **c_proj)
 
 
-def attention(q, k, v, mask):  # [n_head, n_q, d_head], [n_head, n_k, d_head] x2, [n_q, n_k]
+def attention(q, k, v, mask=None):  # [..., n_q, d_head], [..., n_k, d_head] x2, [n_q, n_k] or None
     """softmax(q k^T / sqrt(d_head) + mask) v for every head at once.
 
-    Returns the output [n_head, n_q, d_head] and the attention weights [n_head, n_q, n_k].
+    Returns the output [..., n_q, d_head] and the attention weights [..., n_q, n_k].
+    mask=None: every query may see every key (one new token after the cache).
     """
-    weights = softmax(q @ k.transpose(0, 2, 1) / math.sqrt(q.shape[-1]) + mask)
+    scores = (q * (1 / math.sqrt(q.shape[-1]))) @ k.swapaxes(-1, -2)  # scaling q: fewer numbers than the scores
+    if mask is not None:
+        scores += mask
+    weights = softmax(scores, out=scores)
     return weights @ v, weights
 
 
@@ -54,24 +83,40 @@ def causal_mask(n_q, n_k):  # -> [n_q, n_k]
     return np.triu(np.full((n_q, n_k), -1e10, dtype=np.float32), k=n_k - n_q + 1)
 
 
+QUERY_BLOCK = 128  # rows of queries attended at once in a long prompt (see mha)
+
+
 def mha(x, c_attn, c_proj, n_head, cache=None, return_weights=False):  # [n_seq, n_embd] -> [n_seq, n_embd]
     """Multi-head causal self-attention.
 
-    cache: None, or a dict the caller keeps between calls. The keys and values of x's positions
-    are appended to it, and x attends to every position cached before it, so after the prompt
-    only the newest token has to be computed.
+    cache: None, or one block's entry of kv_cache(): the keys and values of x's positions are
+    written into its next free slots, and x attends to every position filled before it, so after
+    the prompt only the newest token has to be computed.
     return_weights: also return the attention weights [n_head, n_seq, n_k], e.g. to plot them.
+
+    A long x is attended QUERY_BLOCK queries at a time, each block against the keys up to its own
+    last position (speed: most of the masked half of the [n_head, n_seq, n_seq] scores is never
+    computed, and a block's scores stay in the CPU cache; exp over them was the largest cost of a
+    prompt after the matrix products).
     """
     n_seq, n_embd = x.shape
     qkv = linear(x, **c_attn).reshape(n_seq, 3, n_head, n_embd // n_head)
     q, k, v = qkv.transpose(1, 2, 0, 3)  # [n_head, n_seq, d_head] each
-    if cache is not None:
-        if cache:
-            k = np.concatenate([cache["k"], k], axis=1)  # [n_head, n_past + n_seq, d_head]
-            v = np.concatenate([cache["v"], v], axis=1)
-        cache["k"], cache["v"] = k, v
-    out, weights = attention(q, k, v, causal_mask(n_seq, k.shape[1]))
-    out = linear(out.transpose(1, 0, 2).reshape(n_seq, n_embd), **c_proj)  # heads side by side
+    n_k = n_seq
+    if cache is not None:  # in place: no copy of the earlier keys and values
+        n_past, n_k = cache["n"], cache["n"] + n_seq
+        cache["k"][..., n_past:n_k, :] = k
+        cache["v"][..., n_past:n_k, :] = v
+        k, v, cache["n"] = cache["k"][..., :n_k, :], cache["v"][..., :n_k, :], n_k
+    heads = np.empty((n_seq, n_head, n_embd // n_head), np.float32)  # the output, heads side by side
+    block = n_seq if return_weights else QUERY_BLOCK
+    for start in range(0, n_seq, block):
+        stop = min(start + block, n_seq)
+        seen = n_k - n_seq + stop  # keys up to the block's last query
+        mask = causal_mask(stop - start, seen) if stop - start > 1 else None
+        out, weights = attention(q[:, start:stop], k[:, :seen], v[:, :seen], mask)
+        heads[start:stop] = out.transpose(1, 0, 2)
+    out = linear(heads.reshape(n_seq, n_embd), **c_proj)
     return (out, weights) if return_weights else out
 
 
@@ -82,14 +127,29 @@ def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, cache=None):  # [n_seq, 
     return x
 
 
+def kv_cache(params, n_head, n_positions):
+    """An empty KV cache for gpt2(..., cache=), with room for n_positions positions.
+
+    A list of one dict per block: {"k": [n_head, n_positions, d_head], "v": the same, "n": 0}.
+    Each call of gpt2 writes its inputs' keys and values into slots n, n+1, ... and advances n;
+    attention reads only the slots filled so far, so the rest may hold anything (np.empty: pages
+    of memory are only taken as they are filled).
+    """
+    shape = (n_head, n_positions, params["wte"].shape[-1] // n_head)
+    return [{"k": np.empty(shape, np.float32), "v": np.empty(shape, np.float32), "n": 0} for _ in params["blocks"]]
+
+
 def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, cache=None, last_only=False):  # [n_seq] -> [n_seq, n_vocab]
     """Logits for the token after each input position.
 
-    cache: None, or a list of one dict per block kept by the caller: then `inputs` are only the
-    tokens the cache has not seen, and they are placed after the cached positions.
+    cache: None, or a kv_cache() kept by the caller: then `inputs` are only the tokens the cache
+    has not seen, and they are placed after the cached positions.
     last_only: project only the last position onto the vocabulary, all that generation needs.
     """
-    n_past = cache[0]["k"].shape[1] if cache and cache[0] else 0
+    n_past = cache[0]["n"] if cache else 0
+    if cache and n_past + len(inputs) > cache[0]["k"].shape[-2]:
+        raise ValueError(f"the cache holds {cache[0]['k'].shape[-2]} positions; {n_past} are filled "
+                         f"and {len(inputs)} more came")
     x = wte[inputs] + wpe[n_past:n_past + len(inputs)]  # token + position embeddings [n_seq, n_embd]
     for block, block_cache in zip(blocks, cache or [None] * len(blocks), strict=True):
         x = transformer_block(x, **block, n_head=n_head, cache=block_cache)
@@ -158,7 +218,7 @@ def stream(inputs, params, n_head, n_tokens_to_generate, temperature=0.0, top_k=
         raise ValueError(f"the prompt is {len(inputs)} tokens and {n_tokens_to_generate} more were asked for, "
                          f"but the model sees at most {n_ctx}: shorten the prompt or generate fewer tokens")
     rng = np.random.default_rng(seed)  # a generator of our own: no global random state
-    cache = [{} for _ in params["blocks"]]
+    cache = kv_cache(params, n_head, len(inputs) + n_tokens_to_generate - 1)  # the last token is not fed back
     new = list(inputs)  # the whole prompt goes in once; after that, only the latest token
     for _ in range(n_tokens_to_generate):
         logits = gpt2(new, **params, n_head=n_head, cache=cache, last_only=True)[-1]

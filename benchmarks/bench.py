@@ -9,10 +9,13 @@ values. Without it, the model is loaded (and downloaded if need be) as gpt2.py d
 
 Each figure is printed next to its baseline, since timings on a shared machine drift:
   decode        ms per new token (16-token prompt, 64 new) / one row times every weight matrix
+  long decode   the same with a 768-token prompt and 128 new / the floor plus one read of the KV
+                cache (one row times every layer's cached keys and values, at the median length)
   no cache      the same 64 tokens recomputing the whole sequence each step (picoGPT's way)
-  prefill       a 512-token prompt: achieved GFLOP/s / sgemm GFLOP/s on the same matrix shapes
-  score         a 4096-token text at the default stride, tokens/s / prefill's tokens/s; windows
-                overlap, so the ideal is the share of fed positions that are new (about half)
+  prefill       512- and 1024-token prompts: achieved GFLOP/s / sgemm GFLOP/s on the same shapes
+  score         a 4096-token text at the default stride, tokens/s / the 1024-token prefill's tokens/s;
+                windows overlap, so the ideal is the share of fed positions that are new (about half)
+  other sizes   decode / floor for the sizes given with --decode_sizes (355M by default)
   cold start    process start to first token: the first run after a download (which checks the
                 checksums) against the second
   peak memory   of a process generating 64 tokens, first run and later / size of the weights
@@ -63,6 +66,16 @@ def decode_floor(params):
     mats = weight_matrices(params)  # listed once, outside the timed calls
     rows = [np.ones((1, m.shape[0]), np.float32) for m in mats]
     return float(np.median(timed(lambda: [row @ m for row, m in zip(rows, mats)], 64)))
+
+
+def cache_read(params, n_head, n_positions):
+    """One row times every layer's cached keys and values, as attention does for one new token:
+    the least extra work a longer context asks for (median of 64, as for the floor)."""
+    d_head = params["wte"].shape[1] // n_head
+    caches = [(np.ones((n_head, n_positions, d_head), np.float32), np.ones((n_head, n_positions, d_head), np.float32))
+              for _ in params["blocks"]]  # one pair per layer, as in the model: together they outgrow the CPU caches
+    q, w = np.ones((n_head, 1, d_head), np.float32), np.ones((n_head, 1, n_positions), np.float32)
+    return float(np.median(timed(lambda: [(q @ k.transpose(0, 2, 1), w @ v) for k, v in caches], 64)))
 
 
 def decode(params, n_head, prompt, n_new):
@@ -139,6 +152,8 @@ def main():
     parser.add_argument("--models_dir", default="models")
     parser.add_argument("--random", action="store_true", help="write random weights of the real shape if absent")
     parser.add_argument("--startup_only", action="store_true", help="only the cold start and memory rows (quick for big sizes)")
+    parser.add_argument("--decode_sizes", nargs="*", default=["355M"], choices=list(SHAPES),
+                        help="other sizes to measure decode / floor for (each loaded, or written with --random)")
     args = parser.parse_args()
     model_dir = ensure_model(args)
     load_encoder_hparams_and_params(args.model_size, args.models_dir)  # any download happens here, untimed
@@ -162,22 +177,45 @@ def main():
     rows.append(("no cache, all logits", f"{slow:.1f} s for 64", f"cached {total:.2f} s",
                  f"{slow / total:.1f}x speedup (at most {slow / (first + 63 * floor):.1f}x at the floor)"))
 
-    long_prompt = list(range(2000, 2512))
-    seconds = best_of(lambda: gpt2.gpt2(long_prompt, **params, n_head=n_head, cache=[{} for _ in params["blocks"]],
-                                        last_only=True), 3)
-    achieved, sgemm = prefill_flops(hparams, 512) / seconds / 1e9, sgemm_rate(params, 512)
-    rows.append(("prefill (512 tokens)", f"{512 / seconds:.0f} tokens/s, {achieved:.0f} GFLOP/s",
-                 f"sgemm {sgemm:.0f} GFLOP/s", f"{achieved / sgemm:.0%} of sgemm"))
+    # A long context: the cache read grows with it, the rest should not. Its baseline is the floor
+    # plus one read of the cache at the median length of the 128 steps (768 + 64 positions).
+    long_prompt = list(range(2000, 2768))
+    rounds = [(decode_floor(params) + cache_read(params, n_head, 768 + 64), *decode(params, n_head, long_prompt, 128))
+              for _ in range(3)]
+    floor_read, _, per_token = (float(np.median(column)) for column in zip(*rounds))
+    ratio = float(np.median([step / fl for fl, _, step in rounds]))
+    rows.append(("decode (768 + 128 tokens)", f"{per_token * 1e3:.1f} ms/token",
+                 f"floor + cache read {floor_read * 1e3:.1f} ms", f"{ratio:.2f}x (floor + cache read)"))
+
+    for n in (512, 1024):
+        prompt_n = list(range(2000, 2000 + n))
+        seconds = best_of(lambda: gpt2.gpt2(prompt_n, **params, n_head=n_head, cache=gpt2.kv_cache(params, n_head, n),
+                                            last_only=True), 3)
+        achieved, sgemm = prefill_flops(hparams, n) / seconds / 1e9, sgemm_rate(params, n)
+        rows.append((f"prefill ({n} tokens)", f"{n / seconds:.0f} tokens/s, {achieved:.0f} GFLOP/s",
+                     f"sgemm {sgemm:.0f} GFLOP/s", f"{achieved / sgemm:.0%} of sgemm"))
 
     n_ctx, text = hparams["n_ctx"], list(range(3000, 3000 + 4096))
     stride = n_ctx // 2  # score's default
     starts = range(0, len(text) - n_ctx + stride, stride)
     fed = sum(min(start + n_ctx, len(text)) - start for start in starts)  # positions the windows run
     scoring = best_of(lambda: gpt2.score(text, params, n_head), 2)
-    prefill = 512 / seconds
+    prefill = 1024 / seconds  # the loop above ends with the 1024-token prompt: one whole window
     rows.append((f"score ({len(text)} tokens, stride {stride})", f"{len(text) / scoring:.0f} tokens/s, "
                  f"{len(starts)} windows", f"prefill {prefill:.0f} tokens/s",
                  f"{len(text) / scoring / prefill:.0%} of prefill (ideal {len(text) / fed:.0%})"))
+
+    del params
+    for size in args.decode_sizes:  # decode alone, for the bigger shapes' weight matrices
+        ensure_model(argparse.Namespace(**{**vars(args), "model_size": size}))
+        _, other_hparams, other = load_encoder_hparams_and_params(size, args.models_dir)
+        decode(other, other_hparams["n_head"], prompt, 4)
+        rounds = [(decode_floor(other), *decode(other, other_hparams["n_head"], prompt, 64)) for _ in range(3)]
+        floor, _, per_token = (float(np.median(column)) for column in zip(*rounds))
+        ratio = float(np.median([step / fl for fl, _, step in rounds]))
+        rows.append((f"decode {size} (16 + 64)", f"{per_token * 1e3:.1f} ms/token", f"floor {floor * 1e3:.1f} ms",
+                     f"{ratio:.2f}x floor"))
+        del other
 
     print_rows(args, rows)
 

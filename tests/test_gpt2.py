@@ -59,13 +59,75 @@ def test_cached_generation_equals_full_recompute_up_to_context_limit(tiny_models
 
 def test_cache_gives_the_same_logits_as_one_pass(tiny_models):
     _, hparams, params = load(tiny_models)
-    cache = [{} for _ in params["blocks"]]
+    cache = gpt2.kv_cache(params, hparams["n_head"], len(PROMPT_IDS))
     pieces = [gpt2.gpt2(ids, **params, n_head=hparams["n_head"], cache=cache)
               for ids in (PROMPT_IDS[:5], PROMPT_IDS[5:6], PROMPT_IDS[6:])]
     whole = gpt2.gpt2(PROMPT_IDS, **params, n_head=hparams["n_head"])
     np.testing.assert_allclose(np.concatenate(pieces), whole, atol=1e-5)
     last = gpt2.gpt2(PROMPT_IDS, **params, n_head=hparams["n_head"], last_only=True)
     np.testing.assert_allclose(last, whole[-1:], atol=1e-5)
+
+
+def garbage_cache(params, n_head, n_positions):
+    """A kv_cache whose free slots hold NaN: a step that read one would turn its logits to NaN
+    (0 x NaN is NaN, so even a masked-out read shows)."""
+    cache = gpt2.kv_cache(params, n_head, n_positions)
+    for block_cache in cache:
+        block_cache["k"][...], block_cache["v"][...] = np.nan, np.nan
+    return cache
+
+
+@pytest.mark.parametrize("query_block", [1, 3, 128])
+@pytest.mark.parametrize("steps", [[1] * 10, [7, 1, 1, 20, 5], [40, 3, 1, 20]])
+def test_each_cached_step_sees_only_earlier_positions(tiny_models, monkeypatch, steps, query_block):
+    """Step by step, the logits of a cached call equal a full recompute of the sequence so far,
+    whatever sits in the cache's free slots, with prompts attended in blocks of queries or whole."""
+    monkeypatch.setattr(gpt2, "QUERY_BLOCK", query_block)
+    _, hparams, params = load(tiny_models)
+    n_head, ids = hparams["n_head"], (PROMPT_IDS * 10)[:sum(steps)]
+    cache, done = garbage_cache(params, n_head, len(ids)), 0
+    for n in steps:
+        logits = gpt2.gpt2(ids[done:done + n], **params, n_head=n_head, cache=cache)
+        done += n
+        full = gpt2.gpt2(ids[:done], **params, n_head=n_head)
+        np.testing.assert_allclose(logits, full[-n:], atol=1e-5, err_msg=f"after {done} positions")
+        assert all(block_cache["n"] == done for block_cache in cache)
+
+
+def test_cache_is_written_in_place_and_refuses_to_overflow(tiny_models):
+    _, hparams, params = load(tiny_models)
+    n_head = hparams["n_head"]
+    cache = gpt2.kv_cache(params, n_head, 6)
+    buffers = [(block_cache["k"], block_cache["v"]) for block_cache in cache]
+    assert buffers[0][0].shape == (n_head, 6, hparams["n_embd"] // n_head) and buffers[0][0].dtype == np.float32
+    for ids in ([1, 2, 3], [4], [5, 6]):
+        gpt2.gpt2(ids, **params, n_head=n_head, cache=cache)
+    assert all(b["k"] is k and b["v"] is v for b, (k, v) in zip(cache, buffers))  # never reallocated
+    with pytest.raises(ValueError, match="the cache holds 6 positions; 6 are filled and 1 more came"):
+        gpt2.gpt2([7], **params, n_head=n_head, cache=cache)
+
+
+@pytest.mark.parametrize("query_block", [5, 128])
+def test_long_prompt_in_query_blocks_matches_reference(make_models, monkeypatch, query_block):
+    """A prompt longer than a block of queries, attended block by block, against TensorFlow."""
+    monkeypatch.setattr(gpt2, "QUERY_BLOCK", query_block)
+    models_dir, size = make_models("124M" if query_block == 128 else "tiny")
+    _, hparams, params = load(models_dir, size)
+    ids = (PROMPT_IDS * 40)[:300 if query_block == 128 else 61]
+    ours = gpt2.gpt2(ids, **params, n_head=hparams["n_head"])
+    ref = reference_logits(os.path.join(models_dir, size), ids)
+    diff = np.abs(ours - ref).max()
+    print(f"{len(ids)} tokens in blocks of {query_block}: max abs logit diff {diff:.2e}")
+    assert diff <= 1e-4
+
+
+def test_cached_generation_near_a_full_1024_context(make_models):
+    """Cached greedy tokens equal a full recompute each step, up to the last position of the context."""
+    models_dir, size = make_models("124M")
+    _, hparams, params = load(models_dir, size)
+    inputs = (PROMPT_IDS * 100)[:hparams["n_ctx"] - 4]
+    assert gpt2.generate(inputs, params, hparams["n_head"], 4, stop_id=None) == \
+        full_recompute_greedy(inputs, params, hparams["n_head"], 4)
 
 
 def test_prompt_longer_than_context_is_a_clear_error(tiny_models):
