@@ -321,17 +321,20 @@ def score(inputs, params, n_head, stride=None, progress=None):  # [n_seq] -> [n_
     for start in (progress or iter)(range(0, max(len(inputs) - n_ctx, 0) + stride, stride)):
         end = min(start + n_ctx, len(inputs))
         logits = gpt2(text[start:end], **params, n_head=n_head)[n_done - start:]
-        log_probs.append(log_prob_of(logits, inputs[n_done:end]))
+        log_probs.append(log_softmax_at(logits, inputs[n_done:end]))
         n_done = end
     return np.concatenate(log_probs)
 
 
-def log_prob_of(logits, ids):  # [n, n_vocab], [n] -> [n]
-    """log softmax(logits)[i, ids[i]] for each row i, in float64 for exact sums."""
-    logits = logits.astype(np.float64)
-    logits -= logits.max(axis=-1, keepdims=True)
-    logits -= np.log(np.exp(logits).sum(axis=-1, keepdims=True))
-    return logits[np.arange(len(ids)), ids]
+def log_softmax_at(logits, ids):  # [n, n_vocab], [n] -> [n]
+    """log softmax(logits[i])[ids[i]] for each row i, in float64 for exact sums. A few rows at a
+    time: a float64 copy of 1024 rows of logits would take 400 MB."""
+    out = np.empty(len(ids))
+    for i in range(0, len(ids), 64):
+        rows = logits[i:i + 64].astype(np.float64)
+        rows -= rows.max(axis=-1, keepdims=True)
+        out[i:i + 64] = rows[np.arange(len(rows)), ids[i:i + 64]] - np.log(np.exp(rows).sum(axis=-1))
+    return out
 
 
 def score_many(texts, params, n_head, stride=None, max_rows=64, max_positions=512, progress=None):
@@ -360,7 +363,7 @@ def score_many(texts, params, n_head, stride=None, max_rows=64, max_positions=51
             contexts[row, 1:len(texts[i])] = texts[i][:-1]
         logits = gpt2(contexts, **params, n_head=n_head)  # [n_rows, n_seq, n_vocab]
         for row, i in enumerate(batch):
-            results[i] = log_prob_of(logits[row, :len(texts[i])], texts[i])
+            results[i] = log_softmax_at(logits[row, :len(texts[i])], texts[i])
     return results
 
 
