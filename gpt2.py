@@ -1,7 +1,9 @@
 """GPT-2 in NumPy: from token ids to next-token logits, and text generation on top.
 
 Shapes: n_seq positions, n_embd model width, n_head heads of d_head = n_embd // n_head each,
-n_vocab tokens. Everything runs in float32, as OpenAI's checkpoints are stored.
+n_vocab tokens. Everything runs in float32, as OpenAI's checkpoints are stored. Read each shape
+as one sequence; a leading `...` means the function also takes a batch of sequences in front of
+it (e.g. [n_batch, n_seq, n_embd]), which is how several samples share one read of the weights.
 """
 import codecs
 import math
@@ -53,13 +55,16 @@ def layer_norm(x, g, b, eps=1e-5):  # [..., n_embd] -> [..., n_embd]
     return x
 
 
-def linear(x, w, b):  # [m, in] @ [in, out] + [out] -> [m, out]
-    y = x @ w
-    y += b  # in place: no second [m, out] array
-    return y
+def linear(x, w, b=None):  # [..., m, in] @ [in, out] + [out] -> [..., m, out]
+    """x w + b. The batch and positions go through as one [rows, in] matrix (speed: @ with a
+    leading batch axis would multiply by w once per sequence, reading the weights each time)."""
+    y = x.reshape(-1, x.shape[-1]) @ w
+    if b is not None:
+        y += b  # in place: no second [m, out] array
+    return y.reshape(*x.shape[:-1], w.shape[-1])
 
 
-def ffn(x, c_fc, c_proj):  # [n_seq, n_embd] -> [n_seq, n_embd]
+def ffn(x, c_fc, c_proj):  # [..., n_seq, n_embd] -> [..., n_seq, n_embd]
     """Position-wise feed-forward network: widen 4x, gelu, project back."""
     return linear(gelu(linear(x, **c_fc)), **c_proj)
 
@@ -86,76 +91,78 @@ def causal_mask(n_q, n_k):  # -> [n_q, n_k]
 QUERY_BLOCK = 128  # rows of queries attended at once in a long prompt (see mha)
 
 
-def mha(x, c_attn, c_proj, n_head, cache=None, return_weights=False):  # [n_seq, n_embd] -> [n_seq, n_embd]
+def mha(x, c_attn, c_proj, n_head, cache=None, return_weights=False):  # [..., n_seq, n_embd] -> same
     """Multi-head causal self-attention.
 
     cache: None, or one block's entry of kv_cache(): the keys and values of x's positions are
     written into its next free slots, and x attends to every position filled before it, so after
     the prompt only the newest token has to be computed.
-    return_weights: also return the attention weights [n_head, n_seq, n_k], e.g. to plot them.
+    return_weights: also return the attention weights [..., n_head, n_seq, n_k], e.g. to plot them.
 
     A long x is attended QUERY_BLOCK queries at a time, each block against the keys up to its own
     last position (speed: most of the masked half of the [n_head, n_seq, n_seq] scores is never
     computed, and a block's scores stay in the CPU cache; exp over them was the largest cost of a
     prompt after the matrix products).
     """
-    n_seq, n_embd = x.shape
-    qkv = linear(x, **c_attn).reshape(n_seq, 3, n_head, n_embd // n_head)
-    q, k, v = qkv.transpose(1, 2, 0, 3)  # [n_head, n_seq, d_head] each
+    *batch, n_seq, n_embd = x.shape
+    qkv = linear(x, **c_attn).reshape(*batch, n_seq, 3, n_head, n_embd // n_head)
+    q, k, v = np.moveaxis(qkv, (-3, -2), (0, -3))  # [..., n_head, n_seq, d_head] each
     n_k = n_seq
     if cache is not None:  # in place: no copy of the earlier keys and values
         n_past, n_k = cache["n"], cache["n"] + n_seq
         cache["k"][..., n_past:n_k, :] = k
         cache["v"][..., n_past:n_k, :] = v
         k, v, cache["n"] = cache["k"][..., :n_k, :], cache["v"][..., :n_k, :], n_k
-    heads = np.empty((n_seq, n_head, n_embd // n_head), np.float32)  # the output, heads side by side
+    heads = np.empty((*batch, n_seq, n_head, n_embd // n_head), np.float32)  # the output, heads side by side
     block = n_seq if return_weights else QUERY_BLOCK
     for start in range(0, n_seq, block):
         stop = min(start + block, n_seq)
         seen = n_k - n_seq + stop  # keys up to the block's last query
         mask = causal_mask(stop - start, seen) if stop - start > 1 else None
-        out, weights = attention(q[:, start:stop], k[:, :seen], v[:, :seen], mask)
-        heads[start:stop] = out.transpose(1, 0, 2)
-    out = linear(heads.reshape(n_seq, n_embd), **c_proj)
+        out, weights = attention(q[..., start:stop, :], k[..., :seen, :], v[..., :seen, :], mask)
+        heads[..., start:stop, :, :] = out.swapaxes(-3, -2)
+    out = linear(heads.reshape(*batch, n_seq, n_embd), **c_proj)
     return (out, weights) if return_weights else out
 
 
-def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, cache=None):  # [n_seq, n_embd] -> [n_seq, n_embd]
+def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, cache=None):  # [..., n_seq, n_embd] -> same
     """Pre-norm residual block: attention, then the feed-forward network."""
     x = x + mha(layer_norm(x, **ln_1), **attn, n_head=n_head, cache=cache)
     x = x + ffn(layer_norm(x, **ln_2), **mlp)
     return x
 
 
-def kv_cache(params, n_head, n_positions):
+def kv_cache(params, n_head, n_positions, n_batch=None):
     """An empty KV cache for gpt2(..., cache=), with room for n_positions positions.
 
-    A list of one dict per block: {"k": [n_head, n_positions, d_head], "v": the same, "n": 0}.
+    A list of one dict per block: {"k": [n_head, n_positions, d_head], "v": the same, "n": 0};
+    with n_batch, one row per sequence of a batch: [n_batch, n_head, n_positions, d_head].
     Each call of gpt2 writes its inputs' keys and values into slots n, n+1, ... and advances n;
     attention reads only the slots filled so far, so the rest may hold anything (np.empty: pages
     of memory are only taken as they are filled).
     """
-    shape = (n_head, n_positions, params["wte"].shape[-1] // n_head)
+    shape = (*(() if n_batch is None else (n_batch,)), n_head, n_positions, params["wte"].shape[-1] // n_head)
     return [{"k": np.empty(shape, np.float32), "v": np.empty(shape, np.float32), "n": 0} for _ in params["blocks"]]
 
 
-def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, cache=None, last_only=False):  # [n_seq] -> [n_seq, n_vocab]
+def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, cache=None, last_only=False):  # [..., n_seq] -> [..., n_seq, n_vocab]
     """Logits for the token after each input position.
 
     cache: None, or a kv_cache() kept by the caller: then `inputs` are only the tokens the cache
     has not seen, and they are placed after the cached positions.
     last_only: project only the last position onto the vocabulary, all that generation needs.
     """
-    n_past = cache[0]["n"] if cache else 0
-    if cache and n_past + len(inputs) > cache[0]["k"].shape[-2]:
+    inputs = np.asarray(inputs)
+    n_seq, n_past = inputs.shape[-1], cache[0]["n"] if cache else 0
+    if cache and n_past + n_seq > cache[0]["k"].shape[-2]:
         raise ValueError(f"the cache holds {cache[0]['k'].shape[-2]} positions; {n_past} are filled "
-                         f"and {len(inputs)} more came")
-    x = wte[inputs] + wpe[n_past:n_past + len(inputs)]  # token + position embeddings [n_seq, n_embd]
+                         f"and {n_seq} more came")
+    x = wte[inputs] + wpe[n_past:n_past + n_seq]  # token + position embeddings [..., n_seq, n_embd]
     for block, block_cache in zip(blocks, cache or [None] * len(blocks), strict=True):
         x = transformer_block(x, **block, n_head=n_head, cache=block_cache)
     if last_only:
-        x = x[-1:]
-    return layer_norm(x, **ln_f) @ wte.T  # the output projection reuses the token embeddings
+        x = x[..., -1:, :]
+    return linear(layer_norm(x, **ln_f), wte.T)  # the output projection reuses the token embeddings
 
 
 def sample(logits, temperature=0.0, top_k=None, top_p=None, rng=None):  # [n_vocab] -> token id
@@ -199,17 +206,19 @@ def check_sampling(n_tokens_to_generate, temperature, top_k, top_p, seed):
 
 
 def generate(inputs, params, n_head, n_tokens_to_generate, temperature=0.0, top_k=None, top_p=None,
-             seed=None, stop_id=EOT):
+             seed=None, stop_id=EOT, n_samples=None):
     """The ids of up to n_tokens_to_generate tokens that follow `inputs`, as a list.
 
     Greedy by default; see `sample` for the rest. Stops before stop_id (None: never stop).
+    n_samples=N: N such lists, sampled side by side (see `generate_many`).
     """
+    if n_samples is not None:
+        return generate_many(inputs, params, n_head, n_tokens_to_generate, n_samples, temperature, top_k, top_p,
+                             seed, stop_id)
     return list(stream(inputs, params, n_head, n_tokens_to_generate, temperature, top_k, top_p, seed, stop_id))
 
 
-def stream(inputs, params, n_head, n_tokens_to_generate, temperature=0.0, top_k=None, top_p=None,
-           seed=None, stop_id=EOT):
-    """Like `generate`, but yields each new id as soon as it is chosen."""
+def check_generation(inputs, params, n_tokens_to_generate, temperature, top_k, top_p, seed):
     check_sampling(n_tokens_to_generate, temperature, top_k, top_p, seed)
     if len(inputs) == 0:
         raise ValueError("inputs must hold at least one token; [EOT] starts from nothing, as GPT-2 does")
@@ -217,6 +226,63 @@ def stream(inputs, params, n_head, n_tokens_to_generate, temperature=0.0, top_k=
     if len(inputs) + n_tokens_to_generate > n_ctx:
         raise ValueError(f"the prompt is {len(inputs)} tokens and {n_tokens_to_generate} more were asked for, "
                          f"but the model sees at most {n_ctx}: shorten the prompt or generate fewer tokens")
+
+
+def check_n_samples(n_samples, temperature):
+    if not (isinstance(n_samples, (int, np.integer)) and not isinstance(n_samples, bool) and n_samples >= 1):
+        raise ValueError(f"n_samples must be a whole number >= 1, not {n_samples!r}")
+    if n_samples > 1 and temperature == 0:
+        raise ValueError(f"{n_samples} samples at temperature 0 would all be the same greedy text: "
+                         "set a temperature (e.g. 1) to sample")
+
+
+def generate_many(inputs, params, n_head, n_tokens_to_generate, n_samples, temperature=0.0, top_k=None,
+                  top_p=None, seed=None, stop_id=EOT, progress=None):
+    """n_samples lists of ids continuing `inputs`, sampled side by side as one batch.
+
+    The prompt goes through the model once; its keys and values are then copied into every row of
+    a kv_cache(n_batch=n_samples), and each step feeds the rows' latest tokens together, so one
+    read of the weights serves every sample. The rows draw from one generator seeded by `seed`.
+    A row that draws stop_id ends there (its list stops before it) and leaves the batch.
+    progress: wraps the steps, e.g. tqdm, to show how far generation has got.
+    """
+    check_n_samples(n_samples, temperature)
+    check_generation(inputs, params, n_tokens_to_generate, temperature, top_k, top_p, seed)
+    rng = np.random.default_rng(seed)
+    samples = [[] for _ in range(n_samples)]
+    if n_tokens_to_generate == 0:
+        return samples
+    n_prompt = len(inputs)
+    cache = kv_cache(params, n_head, n_prompt + n_tokens_to_generate - 1, n_batch=n_samples)
+    first_row = [{"k": c["k"][0], "v": c["v"][0], "n": 0} for c in cache]  # views of the cache's row 0
+    logits = gpt2(list(inputs), **params, n_head=n_head, cache=first_row, last_only=True)  # [1, n_vocab]
+    for c in cache:  # the prompt's keys and values, computed once, into every other row
+        c["k"][1:, :, :n_prompt] = c["k"][:1, :, :n_prompt]
+        c["v"][1:, :, :n_prompt] = c["v"][:1, :, :n_prompt]
+        c["n"] = n_prompt
+    logits = np.broadcast_to(logits, (n_samples, logits.shape[-1]))
+    rows = list(range(n_samples))  # the sample each row of the batch belongs to
+    for step in (progress or iter)(range(n_tokens_to_generate)):
+        tokens = [sample(row_logits, temperature, top_k, top_p, rng) for row_logits in logits]
+        going = [i for i, token in enumerate(tokens) if token != stop_id]
+        for i in going:
+            samples[rows[i]].append(tokens[i])
+        if len(going) < len(rows):  # drop finished rows: a copy of the cache when rows end, none per step
+            rows, tokens = [rows[i] for i in going], [tokens[i] for i in going]
+            for c in cache:
+                c["k"][:len(rows), :, :c["n"]] = c["k"][going, :, :c["n"]]
+                c["v"][:len(rows), :, :c["n"]] = c["v"][going, :, :c["n"]]
+                c["k"], c["v"] = c["k"][:len(rows)], c["v"][:len(rows)]
+        if not rows or step == n_tokens_to_generate - 1:
+            break
+        logits = gpt2(np.array(tokens)[:, None], **params, n_head=n_head, cache=cache, last_only=True)[:, -1]
+    return samples
+
+
+def stream(inputs, params, n_head, n_tokens_to_generate, temperature=0.0, top_k=None, top_p=None,
+           seed=None, stop_id=EOT):
+    """Like `generate`, but yields each new id as soon as it is chosen."""
+    check_generation(inputs, params, n_tokens_to_generate, temperature, top_k, top_p, seed)
     rng = np.random.default_rng(seed)  # a generator of our own: no global random state
     cache = kv_cache(params, n_head, len(inputs) + n_tokens_to_generate - 1)  # the last token is not fed back
     new = list(inputs)  # the whole prompt goes in once; after that, only the latest token
@@ -271,6 +337,36 @@ def log_softmax_at(logits, ids):  # [n, n_vocab], [n] -> [n]
     return out
 
 
+def score_many(texts, params, n_head, stride=None, max_rows=64, max_positions=512, progress=None):
+    """`score` of each text in a list of token-id lists, as a list of arrays, computed in batches.
+
+    The texts go by length, the shortest first, so that texts of about one length share a batch,
+    and each batch's contexts are right-padded to its longest: the causal mask makes the padding
+    exact, as no position sees the ones after it. A batch holds at most max_rows texts and
+    max_positions positions in all (its logits take max_positions x n_vocab floats: 100 MB at 512).
+    Texts longer than the context are scored alone, in score's windows of `stride`.
+    progress: wraps the batches, e.g. tqdm, to show how far scoring has got.
+    """
+    texts = [list(text) for text in texts]
+    n_ctx = len(params["wpe"])
+    results = [score(text, params, n_head, stride) if not 0 < len(text) <= n_ctx else None for text in texts]
+    batches, batch = [], []
+    for i in sorted((i for i, r in enumerate(results) if r is None), key=lambda i: len(texts[i])):
+        if batch and (len(batch) == max_rows or (len(batch) + 1) * len(texts[i]) > max_positions):
+            batches.append(batch)
+            batch = []
+        batch.append(i)
+    batches += [batch] if batch else []
+    for batch in (progress or iter)(batches):
+        contexts = np.full((len(batch), len(texts[batch[-1]])), EOT)  # [n_rows, n_seq], the longest last
+        for row, i in enumerate(batch):
+            contexts[row, 1:len(texts[i])] = texts[i][:-1]
+        logits = gpt2(contexts, **params, n_head=n_head)  # [n_rows, n_seq, n_vocab]
+        for row, i in enumerate(batch):
+            results[i] = log_softmax_at(logits[row, :len(texts[i])], texts[i])
+    return results
+
+
 def detokenize(tokens, encoder):
     """Text pieces for a stream of token ids, each ready to print as soon as its token arrives.
     A character split across tokens is held back until its last byte comes."""
@@ -299,6 +395,45 @@ def print_score(inputs, encoder, params, n_head, stride=None, every_token=True):
     return result
 
 
+def print_samples(inputs, encoder, params, n_head, n_samples, n_tokens_to_generate, temperature, top_k, top_p,
+                  seed, stop_id):
+    """Generate n_samples continuations side by side, with a progress bar over the tokens on
+    stderr, then print each under a header line as OpenAI's sample scripts do."""
+    from tqdm import tqdm
+
+    def progress(steps):
+        return tqdm(steps, desc=f"{n_samples} samples", unit="token", leave=False)
+
+    samples = generate_many(inputs, params, n_head, n_tokens_to_generate, n_samples, temperature, top_k, top_p,
+                            seed, stop_id, progress)
+    texts = [encoder.decode(sample) for sample in samples]
+    for i, text in enumerate(texts, 1):
+        print(f"======== SAMPLE {i} ========")
+        print(text)
+    return texts
+
+
+def print_line_scores(text, encoder, params, n_head, stride=None):
+    """Score each non-empty line of `text` as a text of its own and print a tab-separated row per
+    line (line number, tokens, total log-probability, perplexity), then a summary line."""
+    from tqdm import tqdm
+
+    def progress(batches):
+        return tqdm(batches, desc="scoring", unit="batch", disable=len(batches) < 2, leave=False)
+
+    numbered = [(number, encoder.encode(line)) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not numbered:
+        raise ValueError("there is nothing to score: every line of the prompt is empty")
+    results = score_many([ids for _, ids in numbered], params, n_head, stride, progress=progress)
+    for (number, ids), log_probs in zip(numbered, results):
+        print(f"{number}\t{len(ids)}\t{log_probs.sum():.4f}\t{np.exp(-log_probs.mean()):.4f}")
+    all_log_probs = np.concatenate(results)
+    total, n_tokens = float(all_log_probs.sum()), len(all_log_probs)
+    print(f"{len(numbered)} lines, {n_tokens} tokens: total log-probability {total:.4f}, "
+          f"perplexity {np.exp(-total / n_tokens):.4f}")
+    return [float(log_probs.sum()) for log_probs in results]
+
+
 TOKEN_LINES = 256  # --score prints a line per token up to this many tokens, and beyond it only with --tokens
 
 
@@ -322,7 +457,7 @@ def read_prompt(path):
 
 def main(prompt=None, n_tokens_to_generate=40, model_size="124M", models_dir="models", temperature=0.0,
          top_k=None, top_p=None, seed=None, ignore_eos=False, score=False, stride=None, tokens=False,
-         prompt_file=None):
+         prompt_file=None, n_samples=None, each_line=False):
     """Print GPT-2's continuation of a prompt as it is generated, and return it.
 
     Downloads OpenAI's checkpoint into models_dir/model_size on first use. With --score, print
@@ -342,10 +477,12 @@ def main(prompt=None, n_tokens_to_generate=40, model_size="124M", models_dir="mo
         stride: with --score: how far windows move on long texts (none: half the context)
         tokens: with --score: a line per token even for texts over 256 tokens
         prompt_file: read the prompt verbatim from this UTF-8 file instead; - reads stdin
+        n_samples: print this many samples of the continuation, each under a header (needs a temperature)
+        each_line: with --score and --prompt_file: score each non-empty line alone, a row per line
     """
     from utils import load_encoder_hparams_and_params  # TensorFlow and requests load only here
 
-    switches = {"--ignore_eos": ignore_eos, "--score": score, "--tokens": tokens}
+    switches = {"--ignore_eos": ignore_eos, "--score": score, "--tokens": tokens, "--each_line": each_line}
     for flag, value in switches.items():  # fire passes "--score=no" as text
         if not isinstance(value, bool):
             raise ValueError(f"{flag} is a switch: give it alone, without a value")
@@ -363,11 +500,25 @@ def main(prompt=None, n_tokens_to_generate=40, model_size="124M", models_dir="mo
         raise ValueError("--stride and --tokens go with --score")
     if stride is not None and not (isinstance(stride, int) and not isinstance(stride, bool) and stride >= 1):
         raise ValueError(f"--stride must be a whole number >= 1, not {stride!r}")
+    if each_line and not (score and prompt_file is not None):
+        raise ValueError("--each_line goes with --score and --prompt_file: it scores each line of the file")
+    if each_line and tokens:
+        raise ValueError("--each_line prints a row per line, not per token: leave out --tokens")
+    if n_samples is not None:
+        if score:
+            raise ValueError("--n_samples is for generating; --score reads the prompt only")
+        if not (isinstance(n_samples, int) and not isinstance(n_samples, bool) and n_samples >= 1):
+            raise ValueError(f"--n_samples must be a whole number >= 1, not {n_samples!r}")
+        if n_samples > 1 and temperature == 0:
+            raise ValueError(f"{n_samples} samples at temperature 0 would all be the same greedy text: "
+                             "set --temperature (e.g. 1)")
     if prompt_file is not None:
         prompt = read_prompt(prompt_file)
     if score and not prompt:
         raise ValueError("there is nothing to score: give a prompt")
     encoder, hparams, params = load_encoder_hparams_and_params(model_size, models_dir)
+    if each_line:
+        return print_line_scores(prompt, encoder, params, hparams["n_head"], stride)
     inputs = encoder.encode(prompt) or [EOT]
     if score:  # (the flag `score` hides the function here; print_score calls it)
         every_token = tokens or len(inputs) <= TOKEN_LINES
@@ -375,6 +526,9 @@ def main(prompt=None, n_tokens_to_generate=40, model_size="124M", models_dir="mo
             print(f"{len(inputs)} tokens: only the summary is printed (--tokens adds a line per token)",
                   file=sys.stderr)
         return print_score(inputs, encoder, params, hparams["n_head"], stride, every_token)
+    if n_samples is not None:
+        return print_samples(inputs, encoder, params, hparams["n_head"], n_samples, n_tokens_to_generate,
+                             temperature, top_k, top_p, seed, None if ignore_eos else EOT)
     pieces = []
     for piece in detokenize(stream(inputs, params, hparams["n_head"], n_tokens_to_generate, temperature, top_k,
                                    top_p, seed, stop_id=None if ignore_eos else EOT), encoder):

@@ -16,6 +16,9 @@ Each figure is printed next to its baseline, since timings on a shared machine d
   score         a 4096-token text at the default stride, tokens/s / the 1024-token prefill's tokens/s;
                 windows overlap, so the ideal is the share of fed positions that are new (about half)
   other sizes   decode / floor for the sizes given with --decode_sizes (355M by default)
+  samples       8 samples of one prompt (16 + 64 tokens, sampled at temperature 1, top_k 40), ms
+                per step / one sample's ms per token at the same settings (a loop would be 8x)
+  score_many    1,000 lines of 8 to 16 tokens (random ids) scored in batches / one by one with score
   cold start    process start to first token: the first run after a download (which checks the
                 checksums) against the second
   peak memory   of a process generating 64 tokens, first run and later / size of the weights
@@ -154,16 +157,21 @@ def main():
     parser.add_argument("--startup_only", action="store_true", help="only the cold start and memory rows (quick for big sizes)")
     parser.add_argument("--decode_sizes", nargs="*", default=["355M"], choices=list(SHAPES),
                         help="other sizes to measure decode / floor for (each loaded, or written with --random)")
+    parser.add_argument("--batch_only", action="store_true", help="only the samples and score_many rows")
     args = parser.parse_args()
     model_dir = ensure_model(args)
     load_encoder_hparams_and_params(args.model_size, args.models_dir)  # any download happens here, untimed
 
+    if args.batch_only:
+        _, hparams, params = load_encoder_hparams_and_params(args.model_size, args.models_dir)
+        return print_rows(args, batch_rows(params, hparams["n_head"]))
     rows = startup_rows(args, model_dir)
     if args.startup_only:
         return print_rows(args, rows)
 
     _, hparams, params = load_encoder_hparams_and_params(args.model_size, args.models_dir)
     n_head = hparams["n_head"]
+    rows += batch_rows(params, n_head)
     prompt = list(range(1000, 1016))
     decode(params, n_head, prompt, 4)  # warm up: page the weights in
     # Decode and floor take turns, five rounds, so that both see the machine in the same state.
@@ -218,6 +226,46 @@ def main():
         del other
 
     print_rows(args, rows)
+
+
+def step_seconds(params, n_head, prompt, n_new, n_samples):
+    """Median seconds per step after the first token, sampling at temperature 1 with top_k 40:
+    one sample through `stream`, or n_samples side by side through `generate_many`."""
+    times = []
+
+    def clock(steps):
+        for step in steps:
+            times.append(time.perf_counter())
+            yield step
+
+    settings = dict(temperature=1.0, top_k=40, seed=0, stop_id=None)
+    if n_samples is None:
+        for _ in clock(gpt2.stream(prompt, params, n_head, n_new, **settings)):
+            pass
+    else:
+        gpt2.generate_many(prompt, params, n_head, n_new, n_samples, **settings, progress=clock)
+    return float(np.median(np.diff(times)))
+
+
+def batch_rows(params, n_head):
+    """8 samples per step against one sample's, and score_many against scoring line by line."""
+    prompt = list(range(1000, 1016))
+    step_seconds(params, n_head, prompt, 4, 8)  # warm up: page the weights in
+    rounds = [(step_seconds(params, n_head, prompt, 64, None), step_seconds(params, n_head, prompt, 64, 8))
+              for _ in range(3)]  # taking turns, so that both see the machine in the same state
+    one, eight = (float(np.median(column)) for column in zip(*rounds))
+    ratio = float(np.median([b / a for a, b in rounds]))
+    rows = [("8 samples (16 + 64 tokens)", f"{eight * 1e3:.1f} ms/step", f"one sample {one * 1e3:.1f} ms/token",
+             f"{ratio:.2f}x one sample's step (a loop: 8x)")]
+
+    rng = np.random.default_rng(0)
+    lines = [rng.integers(0, 50257, n).tolist() for n in rng.integers(8, 17, 1000)]
+    many = timed(lambda: gpt2.score_many(lines, params, n_head), 1)[0]
+    alone = timed(lambda: [gpt2.score(line, params, n_head) for line in lines], 1)[0]
+    n_tokens = sum(map(len, lines))
+    rows.append((f"score_many ({len(lines)} lines, {n_tokens} tokens)", f"{many:.1f} s, {n_tokens / many:.0f} tokens/s",
+                 f"one by one {alone:.1f} s", f"{alone / many:.1f}x faster"))
+    return rows
 
 
 def startup_rows(args, model_dir):
