@@ -152,7 +152,7 @@ def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, cache=None, last_only=False):  
     has not seen, and they are placed after the cached positions.
     last_only: project only the last position onto the vocabulary, all that generation needs.
     """
-    inputs = np.asarray(inputs)
+    inputs = np.asarray(inputs, dtype=np.int64)  # (an empty list would otherwise be float64)
     n_seq, n_past = inputs.shape[-1], cache[0]["n"] if cache else 0
     if cache and n_past + n_seq > cache[0]["k"].shape[-2]:
         raise ValueError(f"the cache holds {cache[0]['k'].shape[-2]} positions; {n_past} are filled "
