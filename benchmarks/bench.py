@@ -90,6 +90,15 @@ def decode(params, n_head, prompt, n_new):
     return times[0], float(np.median(steps))
 
 
+def decode_against(baseline, params, n_head, prompt, n_new, n_rounds):
+    """Decode and its baseline (a function giving seconds) take turns for n_rounds, so that both
+    see the machine in the same state. Medians of (baseline, first token, per token seconds) and
+    of per token / baseline."""
+    rounds = [(baseline(), *decode(params, n_head, prompt, n_new)) for _ in range(n_rounds)]
+    base, first, per_token = (float(np.median(column)) for column in zip(*rounds))
+    return base, first, per_token, float(np.median([step / b for b, _, step in rounds]))
+
+
 def no_cache(params, n_head, prompt, n_new):
     """Seconds for n_new tokens, rerunning the whole sequence each time (all positions projected)."""
     ids, start = list(prompt), time.perf_counter()
@@ -174,10 +183,7 @@ def main():
     rows += batch_rows(params, n_head)
     prompt = list(range(1000, 1016))
     decode(params, n_head, prompt, 4)  # warm up: page the weights in
-    # Decode and floor take turns, five rounds, so that both see the machine in the same state.
-    rounds = [(decode_floor(params), *decode(params, n_head, prompt, 64)) for _ in range(5)]
-    floor, first, per_token = (float(np.median(column)) for column in zip(*rounds))
-    ratio = float(np.median([step / fl for fl, _, step in rounds]))
+    floor, first, per_token, ratio = decode_against(lambda: decode_floor(params), params, n_head, prompt, 64, 5)
     rows.append(("decode (16 + 64 tokens)", f"{per_token * 1e3:.1f} ms/token", f"floor {floor * 1e3:.1f} ms",
                  f"{ratio:.2f}x floor"))
     total = first + 63 * per_token
@@ -188,10 +194,8 @@ def main():
     # A long context: the cache read grows with it, the rest should not. Its baseline is the floor
     # plus one read of the cache at the median length of the 128 steps (768 + 64 positions).
     long_prompt = list(range(2000, 2768))
-    rounds = [(decode_floor(params) + cache_read(params, n_head, 768 + 64), *decode(params, n_head, long_prompt, 128))
-              for _ in range(3)]
-    floor_read, _, per_token = (float(np.median(column)) for column in zip(*rounds))
-    ratio = float(np.median([step / fl for fl, _, step in rounds]))
+    floor_read, _, per_token, ratio = decode_against(
+        lambda: decode_floor(params) + cache_read(params, n_head, 768 + 64), params, n_head, long_prompt, 128, 3)
     rows.append(("decode (768 + 128 tokens)", f"{per_token * 1e3:.1f} ms/token",
                  f"floor + cache read {floor_read * 1e3:.1f} ms", f"{ratio:.2f}x (floor + cache read)"))
 
@@ -218,9 +222,8 @@ def main():
         ensure_model(argparse.Namespace(**{**vars(args), "model_size": size}))
         _, other_hparams, other = load_encoder_hparams_and_params(size, args.models_dir)
         decode(other, other_hparams["n_head"], prompt, 4)
-        rounds = [(decode_floor(other), *decode(other, other_hparams["n_head"], prompt, 64)) for _ in range(3)]
-        floor, _, per_token = (float(np.median(column)) for column in zip(*rounds))
-        ratio = float(np.median([step / fl for fl, _, step in rounds]))
+        floor, _, per_token, ratio = decode_against(lambda: decode_floor(other), other, other_hparams["n_head"],
+                                                    prompt, 64, 3)
         rows.append((f"decode {size} (16 + 64)", f"{per_token * 1e3:.1f} ms/token", f"floor {floor * 1e3:.1f} ms",
                      f"{ratio:.2f}x floor"))
         del other
