@@ -1,13 +1,11 @@
-"""GPT-2 in NumPy: from token ids to next-token logits, and text generation on top.
+"""The GPT-2 model in NumPy: token ids to next-token logits, and the generation and scoring that run it.
 
 Shapes: n_seq positions, n_embd model width, n_head heads of d_head = n_embd // n_head each,
 n_vocab tokens. Everything runs in float32, as OpenAI's checkpoints are stored. Read each shape
 as one sequence; a leading `...` means the function also takes a batch of sequences in front of
 it (e.g. [n_batch, n_seq, n_embd]), which is how several samples share one read of the weights.
 """
-import codecs
 import math
-import sys
 
 import numpy as np
 
@@ -133,7 +131,7 @@ def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, cache=None):  # [..., n_
 
 
 def kv_cache(params, n_head, n_positions, n_batch=None):
-    """An empty KV cache for gpt2(..., cache=), with room for n_positions positions.
+    """An empty KV cache for gpt2(..., cache=), with room for n_positions positions (at most n_ctx).
 
     A list of one dict per block: {"k": [n_head, n_positions, d_head], "v": the same, "n": 0};
     with n_batch, one row per sequence of a batch: [n_batch, n_head, n_positions, d_head].
@@ -141,6 +139,9 @@ def kv_cache(params, n_head, n_positions, n_batch=None):
     attention reads only the slots filled so far, so the rest may hold anything (np.empty: pages
     of memory are only taken as they are filled).
     """
+    if n_positions > len(params["wpe"]):
+        raise ValueError(f"a cache of {n_positions} positions is larger than the model's context "
+                         f"({len(params['wpe'])} positions)")
     shape = (*(() if n_batch is None else (n_batch,)), n_head, n_positions, params["wte"].shape[-1] // n_head)
     return [{"k": np.empty(shape, np.float32), "v": np.empty(shape, np.float32), "n": 0} for _ in params["blocks"]]
 
@@ -154,6 +155,9 @@ def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, cache=None, last_only=False):  
     """
     inputs = np.asarray(inputs, dtype=np.int64)  # (an empty list would otherwise be float64)
     n_seq, n_past = inputs.shape[-1], cache[0]["n"] if cache else 0
+    if n_past + n_seq > len(wpe):
+        raise ValueError(f"positions {n_past} to {n_past + n_seq - 1} do not fit the model's context of "
+                         f"{len(wpe)} positions")
     if cache and n_past + n_seq > cache[0]["k"].shape[-2]:
         raise ValueError(f"the cache holds {cache[0]['k'].shape[-2]} positions; {n_past} are filled "
                          f"and {n_seq} more came")
@@ -185,55 +189,96 @@ def sample(logits, temperature=0.0, top_k=None, top_p=None, rng=None):  # [n_voc
     return int(rng.choice(ids, p=probs))
 
 
-def check_sampling(n_tokens_to_generate, temperature, top_k, top_p, seed):
-    """A plain ValueError for a setting that makes no sense, before any work is done."""
-    def whole(x, least):
-        return isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= least
+# The checks below raise a plain ValueError before any work is done. `flag` is how a name is
+# written in the message: "" in Python, "--" when the command line checks its flags with them.
 
-    def real(x):
-        return isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and math.isfinite(x)
-
-    if not whole(n_tokens_to_generate, 0):
-        raise ValueError(f"n_tokens_to_generate must be a whole number >= 0, not {n_tokens_to_generate!r}")
-    if not (real(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a number >= 0 (0 is greedy), not {temperature!r}")
-    if top_k is not None and not whole(top_k, 1):
-        raise ValueError(f"top_k must be a whole number >= 1, not {top_k!r}")
-    if top_p is not None and not (real(top_p) and 0 < top_p <= 1):
-        raise ValueError(f"top_p must be a number in (0, 1], not {top_p!r}")
-    if seed is not None and not whole(seed, 0):
-        raise ValueError(f"seed must be a whole number >= 0, not {seed!r}")
+def is_whole(x, least):
+    """Whether x is a whole number >= least (True and False are not numbers here)."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= least
 
 
-def generate(inputs, params, n_head, n_tokens_to_generate, temperature=0.0, top_k=None, top_p=None,
-             seed=None, stop_id=EOT, n_samples=None):
-    """The ids of up to n_tokens_to_generate tokens that follow `inputs`, as a list.
+def is_real(x):
+    return isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and math.isfinite(x)
 
-    Greedy by default; see `sample` for the rest. Stops before stop_id (None: never stop).
-    n_samples=N: N such lists, sampled side by side (see `generate_many`).
-    """
-    if n_samples is not None:
-        return generate_many(inputs, params, n_head, n_tokens_to_generate, n_samples, temperature, top_k, top_p,
-                             seed, stop_id)
-    return list(stream(inputs, params, n_head, n_tokens_to_generate, temperature, top_k, top_p, seed, stop_id))
+
+def check_whole(x, name, least):
+    if not is_whole(x, least):
+        raise ValueError(f"{name} must be a whole number >= {least}, not {x!r}")
+
+
+def check_sampling(n_tokens_to_generate, temperature, top_k, top_p, seed, flag=""):
+    check_whole(n_tokens_to_generate, f"{flag}n_tokens_to_generate", 0)
+    if not (is_real(temperature) and temperature >= 0):
+        raise ValueError(f"{flag}temperature must be a number >= 0 (0 is greedy), not {temperature!r}")
+    if top_k is not None:
+        check_whole(top_k, f"{flag}top_k", 1)
+    if top_p is not None and not (is_real(top_p) and 0 < top_p <= 1):
+        raise ValueError(f"{flag}top_p must be a number in (0, 1], not {top_p!r}")
+    if seed is not None:
+        check_whole(seed, f"{flag}seed", 0)
+
+
+def check_n_samples(n_samples, temperature, flag=""):
+    check_whole(n_samples, f"{flag}n_samples", 1)
+    if n_samples > 1 and temperature == 0:
+        raise ValueError(f"{n_samples} samples at temperature 0 would all be the same greedy text: "
+                         f"set {flag or 'a '}temperature (e.g. 1) to sample")
 
 
 def check_generation(inputs, params, n_tokens_to_generate, temperature, top_k, top_p, seed):
+    """The sampling settings, and that the prompt and the new tokens fit the context: the model
+    is fed the prompt and every new token but the last, so n_ctx tokens of prompt may get one."""
     check_sampling(n_tokens_to_generate, temperature, top_k, top_p, seed)
     if len(inputs) == 0:
         raise ValueError("inputs must hold at least one token; [EOT] starts from nothing, as GPT-2 does")
-    n_ctx = len(params["wpe"])
-    if len(inputs) + n_tokens_to_generate > n_ctx:
+    n_ctx, n_fed = len(params["wpe"]), len(inputs) + max(n_tokens_to_generate - 1, 0)
+    if n_fed > n_ctx:
         raise ValueError(f"the prompt is {len(inputs)} tokens and {n_tokens_to_generate} more were asked for, "
-                         f"but the model sees at most {n_ctx}: shorten the prompt or generate fewer tokens")
+                         f"but the model sees at most {n_ctx} (the prompt and every new token but the last): "
+                         "shorten the prompt or generate fewer tokens")
 
 
-def check_n_samples(n_samples, temperature):
-    if not (isinstance(n_samples, (int, np.integer)) and not isinstance(n_samples, bool) and n_samples >= 1):
-        raise ValueError(f"n_samples must be a whole number >= 1, not {n_samples!r}")
-    if n_samples > 1 and temperature == 0:
-        raise ValueError(f"{n_samples} samples at temperature 0 would all be the same greedy text: "
-                         "set a temperature (e.g. 1) to sample")
+def stream_tokens(inputs, params, n_head, n_tokens_to_generate, temperature, top_k, top_p, seed, stop_id):
+    """The generator behind `stream`, its arguments already checked."""
+    rng = np.random.default_rng(seed)  # a generator of our own: no global random state
+    cache = kv_cache(params, n_head, len(inputs) + n_tokens_to_generate - 1)  # the last token is not fed back
+    new = list(inputs)  # the whole prompt goes in once; after that, only the latest token
+    for _ in range(n_tokens_to_generate):
+        logits = gpt2(new, **params, n_head=n_head, cache=cache, last_only=True)[-1]
+        token = sample(logits, temperature, top_k, top_p, rng)
+        if token == stop_id:
+            return
+        yield token
+        new = [token]
+
+
+def stream(inputs, params, n_head, n_tokens_to_generate, temperature=0.0, top_k=None, top_p=None,
+           seed=None, stop_id=EOT):
+    """Like `generate`, but yields each new id as soon as it is chosen. The arguments are checked
+    at the call, not at the first id."""
+    check_generation(inputs, params, n_tokens_to_generate, temperature, top_k, top_p, seed)
+    return stream_tokens(inputs, params, n_head, n_tokens_to_generate, temperature, top_k, top_p, seed, stop_id)
+
+
+def prompt_into_rows(inputs, params, n_head, cache):
+    """Run the prompt once through row 0 of a batched kv_cache and copy its keys and values into
+    every other row. Returns the last position's logits [n_vocab]."""
+    first_row = [{"k": c["k"][0], "v": c["v"][0], "n": 0} for c in cache]  # views of the cache's row 0
+    logits = gpt2(list(inputs), **params, n_head=n_head, cache=first_row, last_only=True)[-1]
+    for c in cache:
+        c["k"][1:, :, :len(inputs)] = c["k"][:1, :, :len(inputs)]
+        c["v"][1:, :, :len(inputs)] = c["v"][:1, :, :len(inputs)]
+        c["n"] = len(inputs)
+    return logits
+
+
+def keep_rows(cache, going):
+    """Move the cache rows listed in `going` to the top and drop the rest: a copy when rows end,
+    none per step."""
+    for c in cache:
+        c["k"][:len(going), :, :c["n"]] = c["k"][going, :, :c["n"]]
+        c["v"][:len(going), :, :c["n"]] = c["v"][going, :, :c["n"]]
+        c["k"], c["v"] = c["k"][:len(going)], c["v"][:len(going)]
 
 
 def generate_many(inputs, params, n_head, n_tokens_to_generate, n_samples, temperature=0.0, top_k=None,
@@ -252,78 +297,34 @@ def generate_many(inputs, params, n_head, n_tokens_to_generate, n_samples, tempe
     samples = [[] for _ in range(n_samples)]
     if n_tokens_to_generate == 0:
         return samples
-    n_prompt = len(inputs)
-    cache = kv_cache(params, n_head, n_prompt + n_tokens_to_generate - 1, n_batch=n_samples)
-    first_row = [{"k": c["k"][0], "v": c["v"][0], "n": 0} for c in cache]  # views of the cache's row 0
-    logits = gpt2(list(inputs), **params, n_head=n_head, cache=first_row, last_only=True)  # [1, n_vocab]
-    for c in cache:  # the prompt's keys and values, computed once, into every other row
-        c["k"][1:, :, :n_prompt] = c["k"][:1, :, :n_prompt]
-        c["v"][1:, :, :n_prompt] = c["v"][:1, :, :n_prompt]
-        c["n"] = n_prompt
-    logits = np.broadcast_to(logits, (n_samples, logits.shape[-1]))
+    cache = kv_cache(params, n_head, len(inputs) + n_tokens_to_generate - 1, n_batch=n_samples)
+    logits = np.broadcast_to(prompt_into_rows(inputs, params, n_head, cache), (n_samples, len(params["wte"])))
     rows = list(range(n_samples))  # the sample each row of the batch belongs to
     for step in (progress or iter)(range(n_tokens_to_generate)):
         tokens = [sample(row_logits, temperature, top_k, top_p, rng) for row_logits in logits]
         going = [i for i, token in enumerate(tokens) if token != stop_id]
         for i in going:
             samples[rows[i]].append(tokens[i])
-        if len(going) < len(rows):  # drop finished rows: a copy of the cache when rows end, none per step
+        if len(going) < len(rows):
             rows, tokens = [rows[i] for i in going], [tokens[i] for i in going]
-            for c in cache:
-                c["k"][:len(rows), :, :c["n"]] = c["k"][going, :, :c["n"]]
-                c["v"][:len(rows), :, :c["n"]] = c["v"][going, :, :c["n"]]
-                c["k"], c["v"] = c["k"][:len(rows)], c["v"][:len(rows)]
+            keep_rows(cache, going)
         if not rows or step == n_tokens_to_generate - 1:
             break
         logits = gpt2(np.array(tokens)[:, None], **params, n_head=n_head, cache=cache, last_only=True)[:, -1]
     return samples
 
 
-def stream(inputs, params, n_head, n_tokens_to_generate, temperature=0.0, top_k=None, top_p=None,
-           seed=None, stop_id=EOT):
-    """Like `generate`, but yields each new id as soon as it is chosen."""
-    check_generation(inputs, params, n_tokens_to_generate, temperature, top_k, top_p, seed)
-    rng = np.random.default_rng(seed)  # a generator of our own: no global random state
-    cache = kv_cache(params, n_head, len(inputs) + n_tokens_to_generate - 1)  # the last token is not fed back
-    new = list(inputs)  # the whole prompt goes in once; after that, only the latest token
-    for _ in range(n_tokens_to_generate):
-        logits = gpt2(new, **params, n_head=n_head, cache=cache, last_only=True)[-1]
-        token = sample(logits, temperature, top_k, top_p, rng)
-        if token == stop_id:
-            return
-        yield token
-        new = [token]
+def generate(inputs, params, n_head, n_tokens_to_generate, temperature=0.0, top_k=None, top_p=None,
+             seed=None, stop_id=EOT, n_samples=None):
+    """The ids of up to n_tokens_to_generate tokens that follow `inputs`, as a list.
 
-
-def score(inputs, params, n_head, stride=None, progress=None):  # [n_seq] -> [n_seq]
-    """Log-probability of each token given the ones before it. The first token is scored after
-    <|endoftext|>, the way GPT-2 saw documents begin. Sum for the total; exp(-mean) is perplexity.
-
-    A text of up to n_ctx tokens takes one forward pass over [EOT] + inputs[:-1]. A longer one is
-    read in windows of n_ctx tokens of [EOT] + inputs, the k-th starting at k * stride (default
-    n_ctx // 2) and the last one cut short at the end of the text, as in Hugging Face's perplexity
-    guide. Each window scores only the tokens after the end of the one before, so every token is
-    scored once, and each one after the first window sees more than n_ctx - stride tokens before it.
-    stride = n_ctx gives disjoint windows (fastest, least context); stride = 1 gives every token
-    n_ctx tokens of context at one pass per token. A text of N > n_ctx tokens takes
-    1 + ceil((N - n_ctx) / stride) passes.
-    progress: wraps the windows' start positions, e.g. tqdm, to show how far scoring has got.
+    Greedy by default; see `sample` for the rest. Stops before stop_id (None: never stop).
+    n_samples=N: N such lists, sampled side by side (see `generate_many`).
     """
-    n_ctx = len(params["wpe"])
-    stride = n_ctx // 2 if stride is None else stride
-    if not (isinstance(stride, (int, np.integer)) and not isinstance(stride, bool) and 1 <= stride <= n_ctx):
-        raise ValueError(f"stride must be a whole number from 1 to {n_ctx} (the context), not {stride!r}")
-    inputs = list(inputs)
-    if not inputs:
-        return np.zeros(0)
-    text = [EOT] + inputs  # inputs[i] is text[i + 1], predicted from the window's tokens before it
-    log_probs, n_done = [], 0
-    for start in (progress or iter)(range(0, max(len(inputs) - n_ctx, 0) + stride, stride)):
-        end = min(start + n_ctx, len(inputs))
-        logits = gpt2(text[start:end], **params, n_head=n_head)[n_done - start:]
-        log_probs.append(log_softmax_at(logits, inputs[n_done:end]))
-        n_done = end
-    return np.concatenate(log_probs)
+    if n_samples is not None:
+        return generate_many(inputs, params, n_head, n_tokens_to_generate, n_samples, temperature, top_k, top_p,
+                             seed, stop_id)
+    return list(stream(inputs, params, n_head, n_tokens_to_generate, temperature, top_k, top_p, seed, stop_id))
 
 
 def log_softmax_at(logits, ids):  # [n, n_vocab], [n] -> [n]
@@ -337,6 +338,55 @@ def log_softmax_at(logits, ids):  # [n, n_vocab], [n] -> [n]
     return out
 
 
+def check_stride(stride, n_ctx=None, flag=""):
+    """A stride for score's windows: a whole number from 1 to n_ctx (n_ctx None: not known yet)."""
+    if not (is_whole(stride, 1) and (n_ctx is None or stride <= n_ctx)):
+        upto = f" from 1 to {n_ctx} (the context)" if n_ctx is not None else " >= 1"
+        raise ValueError(f"{flag}stride must be a whole number{upto}, not {stride!r}")
+
+
+def score(inputs, params, n_head, stride=None, progress=None):  # [n_seq] -> [n_seq]
+    """Log-probability of each token given the ones before it. The first token is scored after
+    <|endoftext|>, the way GPT-2 saw documents begin. Sum for the total; exp(-mean) is perplexity.
+
+    A text of up to n_ctx tokens takes one forward pass over [EOT] + inputs[:-1]. A longer one is
+    read in windows of n_ctx tokens of [EOT] + inputs, the k-th starting at k * stride (default
+    n_ctx // 2) and the last one cut short at the end of the text. Each window's inputs predict
+    their next tokens, and each window scores only the tokens after the end of the one before, so
+    every token is scored once, and each one after the first window sees more than n_ctx - stride
+    tokens before it. stride = n_ctx gives disjoint windows (fastest, least context); stride = 1
+    gives every token n_ctx tokens of context at one pass per token. A text of N > n_ctx tokens
+    takes 1 + ceil((N - n_ctx) / stride) passes.
+    progress: wraps the windows' start positions, e.g. tqdm, to show how far scoring has got.
+    """
+    n_ctx = len(params["wpe"])
+    stride = n_ctx // 2 if stride is None else stride
+    check_stride(stride, n_ctx)
+    inputs = list(inputs)
+    if not inputs:
+        return np.zeros(0)
+    text = [EOT] + inputs  # inputs[i] is text[i + 1], predicted from the window's tokens before it
+    log_probs, n_done = [], 0
+    for start in (progress or iter)(range(0, max(len(inputs) - n_ctx, 0) + stride, stride)):
+        end = min(start + n_ctx, len(inputs))
+        logits = gpt2(text[start:end], **params, n_head=n_head)[n_done - start:]
+        log_probs.append(log_softmax_at(logits, inputs[n_done:end]))
+        n_done = end
+    return np.concatenate(log_probs)
+
+
+def length_batches(lengths, max_rows, max_positions):
+    """Indices into `lengths` grouped into batches, shortest first: each batch holds at most
+    max_rows items and, with every item padded to its longest, at most max_positions positions."""
+    batches, batch = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if batch and (len(batch) == max_rows or (len(batch) + 1) * lengths[i] > max_positions):
+            batches.append(batch)
+            batch = []
+        batch.append(i)
+    return batches + [batch] if batch else batches
+
+
 def score_many(texts, params, n_head, stride=None, max_rows=64, max_positions=512, progress=None):
     """`score` of each text in a list of token-id lists, as a list of arrays, computed in batches.
 
@@ -347,17 +397,13 @@ def score_many(texts, params, n_head, stride=None, max_rows=64, max_positions=51
     Texts longer than the context are scored alone, in score's windows of `stride`.
     progress: wraps the batches, e.g. tqdm, to show how far scoring has got.
     """
-    texts = [list(text) for text in texts]
-    n_ctx = len(params["wpe"])
+    texts, n_ctx = [list(text) for text in texts], len(params["wpe"])
+    if stride is not None:
+        check_stride(stride, n_ctx)
     results = [score(text, params, n_head, stride) if not 0 < len(text) <= n_ctx else None for text in texts]
-    batches, batch = [], []
-    for i in sorted((i for i, r in enumerate(results) if r is None), key=lambda i: len(texts[i])):
-        if batch and (len(batch) == max_rows or (len(batch) + 1) * len(texts[i]) > max_positions):
-            batches.append(batch)
-            batch = []
-        batch.append(i)
-    batches += [batch] if batch else []
-    for batch in (progress or iter)(batches):
+    short = [i for i, result in enumerate(results) if result is None]
+    for batch in (progress or iter)(length_batches([len(texts[i]) for i in short], max_rows, max_positions)):
+        batch = [short[j] for j in batch]
         contexts = np.full((len(batch), len(texts[batch[-1]])), EOT)  # [n_rows, n_seq], the longest last
         for row, i in enumerate(batch):
             contexts[row, 1:len(texts[i])] = texts[i][:-1]
@@ -367,194 +413,7 @@ def score_many(texts, params, n_head, stride=None, max_rows=64, max_positions=51
     return results
 
 
-def detokenize(tokens, encoder):
-    """Text pieces for a stream of token ids, each ready to print as soon as its token arrives.
-    A character split across tokens is held back until its last byte comes."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    for token in tokens:
-        yield decoder.decode(encoder.decode_bytes([token]))
-    yield decoder.decode(b"", final=True)
+if __name__ == "__main__":  # the command line lives in cli.py; `import gpt2` stays NumPy only
+    from cli import gpt2_command
 
-
-def print_score(inputs, encoder, params, n_head, stride=None, every_token=True):
-    """Print each token with its log-probability (unless every_token is False), then the total and
-    the perplexity. A text longer than the context shows a progress bar over its windows on stderr."""
-    from tqdm import tqdm  # only the CLI needs it: `import gpt2` stays NumPy only
-
-    def progress(windows):
-        return tqdm(windows, desc="scoring", unit="window", disable=len(windows) < 2, leave=False)
-
-    log_probs = score(inputs, params, n_head, stride, progress)
-    if every_token:
-        for token, log_prob in zip(inputs, log_probs):
-            print(f"{log_prob:10.4f}  {encoder.decode([token])!r}")
-    result = {"log_probs": log_probs.tolist(), "total": float(log_probs.sum()),
-              "perplexity": float(np.exp(-log_probs.mean()))}
-    print(f"total log-probability {result['total']:.4f} over {len(inputs)} tokens, "
-          f"perplexity {result['perplexity']:.4f}")
-    return result
-
-
-def print_samples(inputs, encoder, params, n_head, n_samples, n_tokens_to_generate, temperature, top_k, top_p,
-                  seed, stop_id):
-    """Generate n_samples continuations side by side, with a progress bar over the tokens on
-    stderr, then print each under a header line as OpenAI's sample scripts do."""
-    from tqdm import tqdm
-
-    def progress(steps):
-        return tqdm(steps, desc=f"{n_samples} samples", unit="token", leave=False)
-
-    samples = generate_many(inputs, params, n_head, n_tokens_to_generate, n_samples, temperature, top_k, top_p,
-                            seed, stop_id, progress)
-    texts = [encoder.decode(sample) for sample in samples]
-    for i, text in enumerate(texts, 1):
-        print(f"======== SAMPLE {i} ========")
-        print(text)
-    return texts
-
-
-def print_line_scores(text, encoder, params, n_head, stride=None):
-    """Score each non-empty line of `text` as a text of its own and print a tab-separated row per
-    line (line number, tokens, total log-probability, perplexity), then a summary line."""
-    from tqdm import tqdm
-
-    def progress(batches):
-        return tqdm(batches, desc="scoring", unit="batch", disable=len(batches) < 2, leave=False)
-
-    numbered = [(number, encoder.encode(line)) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
-    if not numbered:
-        raise ValueError("there is nothing to score: every line of the prompt is empty")
-    results = score_many([ids for _, ids in numbered], params, n_head, stride, progress=progress)
-    for (number, ids), log_probs in zip(numbered, results):
-        print(f"{number}\t{len(ids)}\t{log_probs.sum():.4f}\t{np.exp(-log_probs.mean()):.4f}")
-    all_log_probs = np.concatenate(results)
-    total, n_tokens = float(all_log_probs.sum()), len(all_log_probs)
-    print(f"{len(numbered)} lines, {n_tokens} tokens: total log-probability {total:.4f}, "
-          f"perplexity {np.exp(-total / n_tokens):.4f}")
-    return [float(log_probs.sum()) for log_probs in results]
-
-
-TOKEN_LINES = 256  # --score prints a line per token up to this many tokens, and beyond it only with --tokens
-
-
-def read_prompt(path):
-    """The text of a UTF-8 file, or of stdin for "-". A leading byte-order mark is dropped."""
-    name = "stdin" if path == "-" else f"--prompt_file {path}"
-    try:
-        if path == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            with open(path, "rb") as f:
-                data = f.read()
-    except OSError as e:
-        raise ValueError(f"cannot read {name}: {e.strerror or e}") from None
-    try:
-        return data.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{name} is not UTF-8 text: byte offset {e.start} (0x{data[e.start]:02x}): {e.reason}; "
-                         "save it as UTF-8") from None
-
-
-def main(prompt=None, n_tokens_to_generate=40, model_size="124M", models_dir="models", temperature=0.0,
-         top_k=None, top_p=None, seed=None, ignore_eos=False, score=False, stride=None, tokens=False,
-         prompt_file=None, n_samples=None, each_line=False):
-    """Print GPT-2's continuation of a prompt as it is generated, and return it.
-
-    Downloads OpenAI's checkpoint into models_dir/model_size on first use. With --score, print
-    how likely the model finds the prompt instead (per token, total, perplexity).
-
-    Args:
-        prompt: the text to continue or score, given first; "" starts from <|endoftext|>
-        n_tokens_to_generate: how many tokens to add (fewer if the model writes <|endoftext|>)
-        model_size: 124M, 355M, 774M or 1558M
-        models_dir: where model folders are kept
-        temperature: 0 is greedy; above 0, sample from softmax(logits / temperature)
-        top_k: sample only among the k likeliest tokens
-        top_p: then only among the fewest likeliest tokens whose probabilities sum to p
-        seed: makes a sampled run repeatable
-        ignore_eos: keep going past <|endoftext|> instead of stopping there
-        score: print how likely the model finds the prompt instead of continuing it
-        stride: with --score: how far windows move on long texts (none: half the context)
-        tokens: with --score: a line per token even for texts over 256 tokens
-        prompt_file: read the prompt verbatim from this UTF-8 file instead; - reads stdin
-        n_samples: print this many samples of the continuation, each under a header (needs a temperature)
-        each_line: with --score and --prompt_file: score each non-empty line alone, a row per line
-    """
-    from utils import load_encoder_hparams_and_params  # TensorFlow and requests load only here
-
-    switches = {"--ignore_eos": ignore_eos, "--score": score, "--tokens": tokens, "--each_line": each_line}
-    for flag, value in switches.items():  # fire passes "--score=no" as text
-        if not isinstance(value, bool):
-            raise ValueError(f"{flag} is a switch: give it alone, without a value")
-    if prompt is not None and prompt_file is not None:
-        raise ValueError("give the prompt either as an argument or with --prompt_file, not both")
-    if prompt is None and prompt_file is None:
-        raise ValueError('give a prompt ("" starts from <|endoftext|>; one starting with "-" as --prompt="-..."), '
-                         "or --prompt_file PATH (- reads stdin)")
-    if prompt_file is not None and not isinstance(prompt_file, str):
-        raise ValueError("--prompt_file needs a path (- reads stdin)")
-    if prompt is not None and not isinstance(prompt, str):
-        raise ValueError(f"the prompt must be text, not {prompt!r}")
-    check_sampling(n_tokens_to_generate, temperature, top_k, top_p, seed)  # before the slow part
-    if not score and (stride is not None or tokens):
-        raise ValueError("--stride and --tokens go with --score")
-    if stride is not None and not (isinstance(stride, int) and not isinstance(stride, bool) and stride >= 1):
-        raise ValueError(f"--stride must be a whole number >= 1, not {stride!r}")
-    if each_line and not (score and prompt_file is not None):
-        raise ValueError("--each_line goes with --score and --prompt_file: it scores each line of the file")
-    if each_line and tokens:
-        raise ValueError("--each_line prints a row per line, not per token: leave out --tokens")
-    if n_samples is not None:
-        if score:
-            raise ValueError("--n_samples is for generating; --score reads the prompt only")
-        if not (isinstance(n_samples, int) and not isinstance(n_samples, bool) and n_samples >= 1):
-            raise ValueError(f"--n_samples must be a whole number >= 1, not {n_samples!r}")
-        if n_samples > 1 and temperature == 0:
-            raise ValueError(f"{n_samples} samples at temperature 0 would all be the same greedy text: "
-                             "set --temperature (e.g. 1)")
-    if prompt_file is not None:
-        prompt = read_prompt(prompt_file)
-    if score and not prompt:
-        raise ValueError("there is nothing to score: give a prompt")
-    encoder, hparams, params = load_encoder_hparams_and_params(model_size, models_dir)
-    if each_line:
-        return print_line_scores(prompt, encoder, params, hparams["n_head"], stride)
-    inputs = encoder.encode(prompt) or [EOT]
-    if score:  # (the flag `score` hides the function here; print_score calls it)
-        every_token = tokens or len(inputs) <= TOKEN_LINES
-        if not every_token:
-            print(f"{len(inputs)} tokens: only the summary is printed (--tokens adds a line per token)",
-                  file=sys.stderr)
-        return print_score(inputs, encoder, params, hparams["n_head"], stride, every_token)
-    if n_samples is not None:
-        return print_samples(inputs, encoder, params, hparams["n_head"], n_samples, n_tokens_to_generate,
-                             temperature, top_k, top_p, seed, None if ignore_eos else EOT)
-    pieces = []
-    for piece in detokenize(stream(inputs, params, hparams["n_head"], n_tokens_to_generate, temperature, top_k,
-                                   top_p, seed, stop_id=None if ignore_eos else EOT), encoder):
-        print(piece, end="", flush=True)
-        pieces.append(piece)
-    if sys.stdout.isatty():
-        print()  # a terminal gets a newline; a file or pipe gets the continuation alone
-    return "".join(pieces)
-
-
-if __name__ == "__main__":
-    import fire
-
-    argv = []  # fire reads a lone "-" as its separator between commands: keep "--prompt_file -" a path
-    for arg in sys.argv[1:]:
-        if arg == "-" and argv[-1:] == ["--prompt_file"]:
-            argv[-1] = "--prompt_file=-"
-        else:
-            argv.append(arg)
-    try:  # the prompt stays verbatim text (fire would turn "1e3" into a number); results are printed already
-        fire.Fire(fire.decorators.SetParseFns(prompt=str, model_size=str, models_dir=str, prompt_file=str)(main),
-                  command=argv, serialize=lambda result: None)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except BrokenPipeError:  # `python gpt2.py ... | head` closed the pipe: not an error
-        sys.stdout = None
-        sys.exit(0)
-    except (ValueError, OSError) as e:
-        sys.exit(f"error: {e}")
+    gpt2_command()

@@ -105,112 +105,110 @@ def write_model(model_dir, hparams, seed=0):
 
     Returns {variable name: float32 array} of exactly what was written, e.g. "model/h0/mlp/c_fc/w".
     """
-    tf = _tensorflow()
     model_dir = os.fspath(model_dir)
     os.makedirs(model_dir, exist_ok=True)
     if hparams["n_embd"] % hparams["n_head"]:
         raise ValueError(f"n_embd {hparams['n_embd']} is not a multiple of n_head {hparams['n_head']}")
-
-    shapes = variable_shapes(hparams)
-    weights = _random_weights(shapes, hparams["n_embd"], seed)
-
+    weights = _random_weights(variable_shapes(hparams), hparams["n_embd"], seed)
     with open(os.path.join(model_dir, "hparams.json"), "w") as f:
         json.dump(hparams, f, indent=2)
         f.write("\n")
-
-    # A graph of its own per call. Values go in through placeholders fed at run time, so the
-    # saved graph (.meta) holds only small ops, never the weights as constants.
-    graph = tf.Graph()
-    with graph.as_default():
-        variables, loads = [], []
-        for name, shape in shapes.items():
-            # Plain (non-resource) variables, as TF1 made them; the zeros initializer never runs.
-            var = tf.compat.v1.get_variable(
-                name, shape=shape, dtype=tf.float32,
-                initializer=tf.compat.v1.zeros_initializer(), use_resource=False)
-            value = tf.compat.v1.placeholder(tf.float32, shape=shape, name="value")
-            loads.append((tf.compat.v1.assign(var, value).op, value, weights[name]))
-            variables.append(var)
-        # save_relative_paths: otherwise the `checkpoint` file records the absolute path.
-        saver = tf.compat.v1.train.Saver(var_list=variables, save_relative_paths=True)
-        with tf.compat.v1.Session(graph=graph) as session:
-            for assign, value, array in loads:  # one at a time keeps peak memory lower
-                session.run(assign, feed_dict={value: array})
-            saver.save(session, os.path.join(model_dir, CHECKPOINT_NAME), write_meta_graph=True)
-
+    save_tf_checkpoint(os.path.join(model_dir, CHECKPOINT_NAME), weights)
     # Saver writes this itself; write it again so its text is exactly OpenAI's whatever the
     # TensorFlow version does with paths.
     with open(os.path.join(model_dir, "checkpoint"), "w") as f:
         f.write(f'model_checkpoint_path: "{CHECKPOINT_NAME}"\n')
         f.write(f'all_model_checkpoint_paths: "{CHECKPOINT_NAME}"\n')
-
     vocab = _vocab_dir()
     for name in ("encoder.json", "vocab.bpe"):
         shutil.copyfile(os.path.join(vocab, name), os.path.join(model_dir, name))
     return weights
 
 
+def save_tf_checkpoint(prefix, weights):
+    """Save {variable name: float32 array} under prefix with TensorFlow 1's Saver, as OpenAI did:
+    prefix.index, prefix.data-00000-of-00001 and prefix.meta (the graph)."""
+    tf = _tensorflow()
+    # A graph of its own per call. Values go in through placeholders fed at run time, so the
+    # saved graph (.meta) holds only small ops, never the weights as constants.
+    graph = tf.Graph()
+    with graph.as_default():
+        variables, loads = [], []
+        for name, array in weights.items():
+            # Plain (non-resource) variables, as TF1 made them; the zeros initializer never runs.
+            var = tf.compat.v1.get_variable(name, shape=array.shape, dtype=tf.float32,
+                                            initializer=tf.compat.v1.zeros_initializer(), use_resource=False)
+            value = tf.compat.v1.placeholder(tf.float32, shape=array.shape, name="value")
+            loads.append((tf.compat.v1.assign(var, value).op, value, array))
+            variables.append(var)
+        # save_relative_paths: otherwise the `checkpoint` file records the absolute path.
+        saver = tf.compat.v1.train.Saver(var_list=variables, save_relative_paths=True)
+        with tf.compat.v1.Session(graph=graph) as session:
+            for assign, value, array in loads:  # one at a time keeps peak memory lower
+                session.run(assign, feed_dict={value: array})
+            saver.save(session, prefix, write_meta_graph=True)
+
+
 def reference_logits(model_dir, ids):
     """GPT-2 logits [len(ids), n_vocab] (float32) for every position, computed with TensorFlow.
 
     Weights are read straight from model_dir's checkpoint, hyperparameters from hparams.json.
-    The math is OpenAI's: pre-norm blocks, layer norm with epsilon 1e-5, causal attention whose
-    masked scores are w*b - 1e10*(1-b), tanh GELU, and output logits through the token embedding.
     """
     tf = _tensorflow()
     model_dir = os.fspath(model_dir)
     with open(os.path.join(model_dir, "hparams.json")) as f:
         hp = json.load(f)
-    n_head, n_layer = hp["n_head"], hp["n_layer"]
-
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
     if not 0 < len(ids) <= hp["n_ctx"]:
         raise ValueError(f"need 1 to n_ctx={hp['n_ctx']} tokens, got {len(ids)}")
     if ids.min() < 0 or ids.max() >= hp["n_vocab"]:
         raise ValueError(f"token ids must be in [0, {hp['n_vocab']})")
-
     reader = tf.train.load_checkpoint(os.path.join(model_dir, CHECKPOINT_NAME))
+    params = {name: tf.constant(reader.get_tensor(name), dtype=tf.float32) for name in variable_shapes(hp)}
+    return reference_forward(tf, ids, params, hp["n_head"], hp["n_layer"]).numpy().astype(np.float32)
 
-    def param(name):
-        return tf.constant(reader.get_tensor(name), dtype=tf.float32)
 
-    def layer_norm(x, scope):
-        mean = tf.reduce_mean(x, axis=-1, keepdims=True)
-        centred = x - mean
-        var = tf.reduce_mean(tf.square(centred), axis=-1, keepdims=True)
-        return centred * tf.math.rsqrt(var + LN_EPSILON) * param(scope + "/g") + param(scope + "/b")
-
-    def conv1d(x, scope):
-        w = param(scope + "/w")  # [1, nx, nf]
-        return tf.einsum("tx,oxf->tf", x, w) + param(scope + "/b")
-
-    def gelu(x):
-        return 0.5 * x * (1.0 + tf.math.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
-
-    n = len(ids)
-    # Lower-triangular 1/0 mask: query position i may look at key positions j <= i.
-    keep = tf.linalg.band_part(tf.ones([n, n], dtype=tf.float32), -1, 0)
-
-    def attention(x, scope):
-        qkv = conv1d(x, scope + "/c_attn")  # [n, 3*e]
-        qkv = tf.reshape(qkv, [n, 3, n_head, -1])  # q, k, v each split into heads
-        q, k, v = tf.unstack(qkv, axis=1)  # each [n, heads, d_head]
-        d_head = q.shape[-1]
-        scores = tf.einsum("qhd,khd->hqk", q, k) * tf.math.rsqrt(tf.constant(d_head, tf.float32))
-        scores = scores * keep - MASK_FILL * (1.0 - keep)
-        probs = tf.nn.softmax(scores, axis=-1)
-        heads = tf.einsum("hqk,khd->qhd", probs, v)  # back to [n, heads, d_head]
-        return conv1d(tf.reshape(heads, [n, -1]), scope + "/c_proj")
-
-    def mlp(x, scope):
-        return conv1d(gelu(conv1d(x, scope + "/c_fc")), scope + "/c_proj")
-
-    wte = param("model/wte")
-    h = tf.gather(wte, ids) + param("model/wpe")[:n]
+def reference_forward(tf, ids, params, n_head, n_layer):
+    """GPT-2's logits [n, n_vocab] for token ids [n], as a TensorFlow tensor, from a dict of the
+    checkpoint's variables (tensors of any float dtype) under their names ("model/h0/attn/c_attn/w").
+    The math is OpenAI's: pre-norm blocks, layer norm with epsilon 1e-5, causal attention whose
+    masked scores are w*b - 1e10*(1-b), tanh GELU, and output logits through the token embedding.
+    """
+    wte = params["model/wte"]
+    h = tf.gather(wte, ids) + params["model/wpe"][:len(ids)]
     for i in range(n_layer):
-        block = f"model/h{i}"
-        h = h + attention(layer_norm(h, block + "/ln_1"), block + "/attn")
-        h = h + mlp(layer_norm(h, block + "/ln_2"), block + "/mlp")
-    h = layer_norm(h, "model/ln_f")
-    logits = tf.matmul(h, wte, transpose_b=True)
-    return logits.numpy().astype(np.float32)
+        block = {name.removeprefix(f"model/h{i}/"): p for name, p in params.items() if name.startswith(f"model/h{i}/")}
+        h = h + tf_attention(tf, tf_layer_norm(tf, h, block, "ln_1"), block, n_head)
+        h = h + tf_mlp(tf, tf_layer_norm(tf, h, block, "ln_2"), block)
+    h = tf_layer_norm(tf, h, {"ln_f/g": params["model/ln_f/g"], "ln_f/b": params["model/ln_f/b"]}, "ln_f")
+    return tf.matmul(h, wte, transpose_b=True)
+
+
+def tf_layer_norm(tf, x, p, scope):
+    mean = tf.reduce_mean(x, axis=-1, keepdims=True)
+    centred = x - mean
+    var = tf.reduce_mean(tf.square(centred), axis=-1, keepdims=True)
+    return centred * tf.math.rsqrt(var + LN_EPSILON) * p[scope + "/g"] + p[scope + "/b"]
+
+
+def tf_conv1d(tf, x, p, scope):
+    return tf.einsum("tx,oxf->tf", x, p[scope + "/w"]) + p[scope + "/b"]  # w: [1, nx, nf]
+
+
+def tf_gelu(tf, x):
+    return 0.5 * x * (1.0 + tf.math.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+
+
+def tf_attention(tf, x, p, n_head):
+    n = x.shape[0]
+    qkv = tf.reshape(tf_conv1d(tf, x, p, "attn/c_attn"), [n, 3, n_head, -1])  # q, k, v each split into heads
+    q, k, v = tf.unstack(qkv, axis=1)  # each [n, heads, d_head]
+    scores = tf.einsum("qhd,khd->hqk", q, k) / math.sqrt(q.shape[-1])
+    keep = tf.linalg.band_part(tf.ones([n, n], dtype=x.dtype), -1, 0)  # 1 where query i may see key j <= i
+    probs = tf.nn.softmax(scores * keep - MASK_FILL * (1.0 - keep), axis=-1)
+    heads = tf.einsum("hqk,khd->qhd", probs, v)  # back to [n, heads, d_head]
+    return tf_conv1d(tf, tf.reshape(heads, [n, -1]), p, "attn/c_proj")
+
+
+def tf_mlp(tf, x, p):
+    return tf_conv1d(tf, tf_gelu(tf, tf_conv1d(tf, x, p, "mlp/c_fc")), p, "mlp/c_proj")

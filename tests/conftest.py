@@ -1,6 +1,7 @@
 """Fixtures: small random-weight GPT-2 checkpoints in OpenAI's exact layout, written once per run."""
 import os
 import sys
+import zlib
 
 import pytest
 from hypothesis import settings
@@ -27,6 +28,12 @@ SHAPES = {
 }
 
 
+def model_seed(shape):
+    """The seed of a shape's random weights, from its name alone: a test sees the same model in a
+    full run and under -k."""
+    return zlib.crc32(shape.encode())
+
+
 @pytest.fixture(scope="session")
 def make_models(tmp_path_factory):
     """make_models(shape) -> (models_dir, model_size): models_dir/model_size holds a random-weight
@@ -36,7 +43,7 @@ def make_models(tmp_path_factory):
     def make(shape):
         if shape not in made:
             models_dir, size = tmp_path_factory.mktemp(f"models-{shape}"), "124M" if shape == "tiny" else shape
-            write_model(str(models_dir / size), SHAPES[shape], seed=len(made))
+            write_model(str(models_dir / size), SHAPES[shape], seed=model_seed(shape))
             made[shape] = str(models_dir), size
         return made[shape]
 

@@ -50,6 +50,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return
         with open(path, "rb") as f:
             data = f.read()
+        start = self.send_head(name, data)
+        if start is not None:
+            self.send_body(name, data[start:], start)
+
+    def send_head(self, name, data):
+        """The status and headers for the whole file or the range asked for; the offset the body
+        starts at, or None if the range cannot be served."""
+        server = self.server
         md5 = hashlib.md5(data + (b"x" if name in server.faults.get("bad_md5", ()) else b"")).digest()
         start = 0
         match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
@@ -57,16 +65,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
             start = int(match[1])
             if start >= len(data):
                 self.send_error(416)
-                return
+                return None
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
             self.send_header("x-ms-blob-content-md5", base64.b64encode(md5).decode())
         else:
             self.send_response(200)
             self.send_header("Content-MD5", base64.b64encode(md5).decode())
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(len(data) - start))
         self.end_headers()
+        return start
+
+    def send_body(self, name, body, start):
+        """The body, cut off or trickled as the faults say."""
+        server = self.server
         cut = server.faults.get("drop_after", {}).get(name)
         if cut is not None:
             body = body[:max(0, cut - start)]

@@ -41,7 +41,7 @@ def test_n_samples_are_repeatable_and_differ(tiny_models):
     (["--n_samples", "many"], "--n_samples must be a whole number >= 1, not 'many'"),
     (["--n_samples", "2.5", "--temperature", "1"], "--n_samples must be a whole number >= 1, not 2.5"),
     (["--n_samples", "2"], "set --temperature"),
-    (["--n_samples", "2", "--temperature", "1", "--score"], "--n_samples is for generating"),
+    (["--n_samples", "2", "--temperature", "1", "--score"], "--temperature and --n_samples are for generating"),
     (["--each_line"], "--each_line goes with --score and --prompt_file"),
     (["--each_line", "--score"], "--each_line goes with --score and --prompt_file"),
     (["--each_line=no", "--score"], "--each_line is a switch"),
@@ -99,3 +99,34 @@ def test_each_line_longer_than_the_context_is_scored_in_windows(tiny_models, tmp
     row = result.stdout.splitlines()[1].split("\t")
     assert row[:2] == ["2", str(n_tokens)]
     assert f"total log-probability {row[2]} over {n_tokens} tokens, perplexity {row[3]}" in single.stdout
+
+
+def test_each_line_numbers_lines_as_the_file_has_them(tiny_models, tmp_path):
+    """Lines end at newlines only: a form feed, U+0085, U+2028 or a lone carriage return inside a
+    line is part of it (str.splitlines would split there and shift every later number). A
+    Windows line's closing \\r is not part of it."""
+    lines = ["a form\ffeed", "next\x85line", "line\u2028separator", "carriage\rreturn", "", "windows\r", "last"]
+    path = tmp_path / "odd.txt"
+    path.write_bytes("\n".join(lines).encode("utf-8"))
+    result = run("--models_dir", tiny_models, "--score", "--each_line", "--prompt_file", str(path))
+    assert result.returncode == 0, result.stderr
+    encoder = get_encoder("124M", tiny_models)
+    rows = [row.split("\t")[:2] for row in result.stdout.splitlines()[:-1]]
+    assert rows == [[str(n), str(len(encoder.encode(line.removesuffix("\r"))))]
+                    for n, line in enumerate(lines, 1) if line]
+
+
+def test_each_line_checks_the_stride_up_front(tiny_models, tmp_path):
+    """Short lines never need windows, but a stride past the context is still an error."""
+    path = tmp_path / "pairs.txt"
+    path.write_text("The cat sat.\nThe mat sat.\n", encoding="utf-8")
+    result = run("--models_dir", tiny_models, "--score", "--each_line", "--prompt_file", str(path), "--stride", "99999")
+    assert_one_line_error(result, "--stride must be a whole number from 1 to 64")
+
+
+def test_score_many_checks_the_stride_up_front(tiny_models):
+    from utils import load_encoder_hparams_and_params
+
+    _, hparams, params = load_encoder_hparams_and_params("124M", tiny_models)
+    with pytest.raises(ValueError, match="stride must be a whole number from 1 to 64"):
+        gpt2.score_many([[1, 2, 3]], params, hparams["n_head"], stride=99999)

@@ -136,6 +136,12 @@ def test_bad_token_count(tiny_models, n):
                           "n_tokens_to_generate")
 
 
+def test_unquoted_prompt_of_several_words_says_to_quote_it(tiny_models):
+    """`python gpt2.py Hello world`: fire reads "world" as n_tokens_to_generate."""
+    assert_one_line_error(run("Hello", "world", "--models_dir", tiny_models),
+                          "not 'world'", 'a prompt of several words goes in quotes')
+
+
 def test_no_network_and_no_files(tmp_path):
     result = run("Hi", "--models_dir", str(tmp_path))
     assert_one_line_error(result, "http://127.0.0.1:", "/124M/", "GPT2_BASE_URL")

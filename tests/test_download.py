@@ -4,6 +4,7 @@ all four model sizes end to end; and hostile input (arbitrary prompts, arbitrary
 
 Every server here is tests/server.py on 127.0.0.1. Tests that exercise retries in-process
 replace utils' sleep; the CLI tests that retry wait for real (0.5 + 1 + 2 s at most)."""
+import errno
 import filecmp
 import functools
 import json
@@ -21,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gpt2
+import store
 import utils
 from checkpoints import reference_logits
 from conftest import ROOT
@@ -28,6 +30,7 @@ from encoder import get_encoder
 from server import serve
 from test_cli import assert_one_line_error, closed_port_url, reference_greedy_text
 from test_cli import run as cli
+from store import REQUIRED_FILES
 from utils import DATA_FILE, FILENAMES, download_gpt2_files, load_encoder_hparams_and_params
 
 PROMPT = "Alan Turing theorized that computers would one day become"
@@ -95,7 +98,7 @@ def online(mirror, monkeypatch):
     """In-process downloads from the mirror, with utils' waits between tries recorded, not slept."""
     monkeypatch.setenv("GPT2_BASE_URL", mirror.url)
     mirror.waits = []
-    monkeypatch.setattr(utils, "time", types.SimpleNamespace(sleep=mirror.waits.append))
+    monkeypatch.setattr(store, "time", types.SimpleNamespace(sleep=mirror.waits.append))
     return mirror
 
 
@@ -103,7 +106,7 @@ def online(mirror, monkeypatch):
 def offline(monkeypatch):
     """In-process runs whose downloads are refused (see nothing_beyond_localhost), without
     waiting between tries."""
-    monkeypatch.setattr(utils, "time", types.SimpleNamespace(sleep=lambda seconds: None))
+    monkeypatch.setattr(store, "time", types.SimpleNamespace(sleep=lambda seconds: None))
 
 
 def expected_text(models_dir, prompt, n):
@@ -210,7 +213,7 @@ def test_progress_restarts_the_count_of_failures(source, online, tmp_path):
 
     online.faults["drop_after"] = DropFurther()
     download_gpt2_files("124M", str(folder))
-    assert len(ranges_asked(online, DATA_FILE)) > utils.RETRIES + 1
+    assert len(ranges_asked(online, DATA_FILE)) > store.RETRIES + 1
     assert_complete(folder, source)
 
 
@@ -318,7 +321,7 @@ time.sleep(float(sys.argv[2]))
 def hold_lock(folder, seconds):
     """Another process that holds folder's lock for `seconds`, started once it has it."""
     os.makedirs(folder, exist_ok=True)
-    process = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, os.path.join(folder, utils.LOCK_FILE), str(seconds)],
+    process = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, os.path.join(folder, store.LOCK_FILE), str(seconds)],
                                stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline() == "locked\n"
     return process
@@ -336,7 +339,7 @@ def test_two_first_runs_at_once_take_turns(source, mirror, tmp_path):
     assert len(waited) == 1, results
     assert names_asked(mirror).count(DATA_FILE) == 1  # downloaded once, by whichever came first
     assert_complete(tmp_path / "124M", source)
-    assert not (tmp_path / "124M" / utils.LOCK_FILE).exists()  # released and removed
+    assert not (tmp_path / "124M" / store.LOCK_FILE).exists()  # released and removed
 
 
 def test_a_held_lock_is_waited_for(source, offline, tmp_path, capsys):
@@ -352,22 +355,52 @@ def test_lock_left_by_a_killed_process_blocks_no_one(source, offline, tmp_path, 
     holder = hold_lock(folder, 60)
     holder.kill()
     holder.wait()
-    assert (folder / utils.LOCK_FILE).exists()  # the file stays; its lock went with the process
+    assert (folder / store.LOCK_FILE).exists()  # the file stays; its lock went with the process
     load_encoder_hparams_and_params("124M", str(tmp_path))
     assert "waiting" not in capsys.readouterr().err
-    assert not (folder / utils.LOCK_FILE).exists()
+    assert not (folder / store.LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize("code", ["ENOLCK", "EOPNOTSUPP"])
+def test_a_file_system_without_locks_is_read_without_one(source, tmp_path, monkeypatch, capsys, code):
+    """NFS without lockd, some FUSE and SMB mounts: flock fails with an error that does not mean
+    "held". Waiting would be forever; the run goes on without the lock and says so once."""
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    def no_waiting(seconds):
+        raise AssertionError("waited for a lock that no one holds")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    monkeypatch.setattr(store, "time", types.SimpleNamespace(sleep=no_waiting))
+    folder = copy_model(source, tmp_path / "124M")
+    load_encoder_hparams_and_params("124M", str(tmp_path))
+    err = capsys.readouterr().err
+    assert err.count("cannot be locked on this file system") == 1 and "waiting" not in err, err
+    assert not (folder / store.LOCK_FILE).exists()
 
 
 # ---------------------------------------------------------------------------------------------
 # 4. Folders with a missing, cut-off or mismatched file
 
 
-@pytest.mark.parametrize("missing", FILENAMES)
+@pytest.mark.parametrize("missing", REQUIRED_FILES)
 def test_missing_file_is_fetched_alone(source, online, tmp_path, missing):
     folder = copy_model(source, tmp_path / "124M", leave_out=[missing])
     load_encoder_hparams_and_params("124M", str(tmp_path))
     assert names_asked(online) == [missing]
     assert_complete(folder, source)
+
+
+def test_the_five_files_that_are_read_load_offline(source, offline, tmp_path):
+    """`checkpoint` and model.ckpt.meta are never read: a folder without them (copied by hand, or
+    fine-tuned) needs no network."""
+    folder = copy_model(source, tmp_path / "124M", leave_out=["checkpoint", "model.ckpt.meta"])
+    _, hparams, params = load_encoder_hparams_and_params("124M", str(tmp_path))
+    assert params["wte"].shape == (hparams["n_vocab"], hparams["n_embd"])
+    assert_same_files(folder, source, REQUIRED_FILES)
 
 
 def test_truncated_data_file_is_resumed_by_the_next_run(source, mirror, tmp_path):
@@ -458,7 +491,7 @@ def test_a_bad_copy_on_the_server_is_an_error_not_a_loop(source, tmp_path, monke
     (bad / DATA_FILE).write_bytes((bad / DATA_FILE).read_bytes()[:5000])
     server = serve(tmp_path / "mirror")
     monkeypatch.setenv("GPT2_BASE_URL", server.url)
-    monkeypatch.setattr(utils, "time", types.SimpleNamespace(sleep=lambda seconds: None))
+    monkeypatch.setattr(store, "time", types.SimpleNamespace(sleep=lambda seconds: None))
     try:
         with pytest.raises(ValueError, match=f"{DATA_FILE} is 5,000 bytes .*as downloaded just now from "
                                              f"{server.url}/124M/: set GPT2_BASE_URL"):

@@ -17,6 +17,7 @@ import tiktoken
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+from tiktoken_ext.openai_public import r50k_pat_str  # GPT-2's pre-tokenizer as tiktoken has it
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -26,7 +27,6 @@ import encoder  # noqa: E402
 from corpus import corpus_size_bytes, documents  # noqa: E402
 from vocab import SHA256, vocab_dir  # noqa: E402
 
-GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT = "<|endoftext|>"
 MIN_CORPUS_BYTES = 200_000
 
@@ -74,7 +74,7 @@ def ref(models_dir, no_network):
     ranks = data_gym_to_mergeable_bpe_ranks(
         str(folder / "vocab.bpe"), str(folder / "encoder.json"),
         vocab_bpe_hash=SHA256["vocab.bpe"], encoder_json_hash=SHA256["encoder.json"])
-    return tiktoken.Encoding(name="gpt2-local", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+    return tiktoken.Encoding(name="gpt2-local", pat_str=r50k_pat_str, mergeable_ranks=ranks,
                              special_tokens={EOT: 50256})
 
 

@@ -166,3 +166,37 @@ def test_attention_weights_are_returned_on_request(tiny_models):
     assert weights.shape == (hparams["n_head"], n, n)
     np.testing.assert_allclose(weights.sum(-1), 1, rtol=1e-5)
     assert np.all(np.triu(weights, k=1) == 0)  # no position looks ahead
+
+
+def test_positions_past_the_context_are_a_clear_error(tiny_models):
+    _, hparams, params = load(tiny_models)
+    n_ctx, n_head = hparams["n_ctx"], hparams["n_head"]
+    with pytest.raises(ValueError, match=f"a cache of {n_ctx + 1} positions is larger than the model's context"):
+        gpt2.kv_cache(params, n_head, n_ctx + 1)
+    with pytest.raises(ValueError, match=f"positions 0 to {n_ctx} do not fit the model's context of {n_ctx}"):
+        gpt2.gpt2([1] * (n_ctx + 1), **params, n_head=n_head)
+    cache = gpt2.kv_cache(params, n_head, n_ctx)
+    assert gpt2.gpt2([1] * n_ctx, **params, n_head=n_head, cache=cache).shape == (n_ctx, hparams["n_vocab"])
+    with pytest.raises(ValueError, match=f"positions {n_ctx} to {n_ctx} do not fit"):
+        gpt2.gpt2([1], **params, n_head=n_head, cache=cache)
+
+
+def test_a_prompt_of_the_whole_context_gets_one_new_token(tiny_models):
+    """Generation feeds the prompt and every new token but the last: n_ctx tokens of prompt fit
+    one new token, n_ctx - 1 fit two."""
+    _, hparams, params = load(tiny_models)
+    n_ctx, n_head = hparams["n_ctx"], hparams["n_head"]
+    prompt = (PROMPT_IDS * 10)[:n_ctx]
+    assert gpt2.generate(prompt, params, n_head, 1, stop_id=None) == full_recompute_greedy(prompt, params, n_head, 1)
+    assert len(gpt2.generate(prompt[1:], params, n_head, 2, stop_id=None)) == 2
+    assert len(gpt2.generate(prompt, params, n_head, 1, temperature=1.0, seed=0, stop_id=None, n_samples=2)[0]) == 1
+    with pytest.raises(ValueError, match=f"the prompt is {n_ctx} tokens and 2 more were asked for"):
+        gpt2.generate(prompt, params, n_head, 2)
+
+
+def test_stream_checks_its_arguments_at_the_call(tiny_models):
+    _, hparams, params = load(tiny_models)
+    with pytest.raises(ValueError, match="at least one token"):
+        gpt2.stream([], params, hparams["n_head"], 3)  # no next(): the error comes at once
+    with pytest.raises(ValueError, match="top_k"):
+        gpt2.stream([1], params, hparams["n_head"], 3, top_k=0)

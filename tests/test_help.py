@@ -5,7 +5,7 @@ import re
 import subprocess
 import sys
 
-import gpt2
+import cli
 from conftest import ROOT
 
 
@@ -64,7 +64,7 @@ def test_every_flag_says_what_it_does_and_its_default():
     for name, (default, description) in flags.items():
         assert default is not None, f"--{name} has no default in --help"
         assert description, f"--{name} is not explained in --help (add it to main's Args:)"
-    assert str(gpt2.TOKEN_LINES) in flags["tokens"][1]
+    assert str(cli.TOKEN_LINES) in flags["tokens"][1]
 
 
 def test_readme_table_agrees_with_help():

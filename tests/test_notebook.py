@@ -27,11 +27,15 @@ def test_committed_notebook_has_no_outputs():
                 f"cell {cell.id} has outputs: clear them before committing"
 
 
-def test_notebook_runs_and_draws_both_plots(tiny_models, monkeypatch):
+def test_notebook_runs_and_draws_both_plots(tiny_models, monkeypatch, tmp_path):
+    """...in a kernel that cannot import TensorFlow: README says opening the notebook needs
+    requirements.txt, jupyterlab and matplotlib only."""
     import utils
 
     utils.load_encoder_hparams_and_params("124M", tiny_models)  # checks the checksums here, not in the kernel
     monkeypatch.setenv("GPT2_NOTEBOOK_MODELS_DIR", tiny_models)
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['tensorflow'] = None  # import fails\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
     # The kernel's own inline backend: it draws with Agg (no display needed) and sends each figure
     # as a PNG. A plain MPLBACKEND=Agg inherited from CI would draw nothing.
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")

@@ -13,8 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import tf_checkpoint
 import utils
-from conftest import ROOT, SHAPES
+from checkpoints import write_model
+from conftest import ROOT, SHAPES, model_seed
 from utils import DamagedFile, flatten, load_encoder_hparams_and_params, load_gpt2_params_from_tf_ckpt
 
 NO_TENSORFLOW = "import sys\nsys.modules['tensorflow'] = None  # then `import tensorflow` raises ImportError\n"
@@ -70,6 +72,17 @@ def test_reader_is_bit_identical_to_tensorflows(make_models, shape):
     assert_same_as_tensorflow(params, model_dir)
 
 
+def test_a_shape_has_the_same_weights_whatever_was_made_before(make_models, tmp_path):
+    """The fixture seeds each shape's weights from its name, not from how many models came
+    before it, so a test sees the same model in a full run and under -k."""
+    make_models("355M")
+    models_dir, size = make_models("tiny")
+    params = load_gpt2_params_from_tf_ckpt(os.path.join(models_dir, size, "model.ckpt"), SHAPES["tiny"])
+    written = write_model(tmp_path / "124M", SHAPES["tiny"], seed=model_seed("tiny"))
+    assert np.array_equal(params["wte"], written["model/wte"])
+    assert np.array_equal(params["blocks"][1]["mlp"]["c_fc"]["w"], written["model/h1/mlp/c_fc/w"][0])
+
+
 def test_every_array_is_a_read_only_view_of_the_data_file(model_dir):
     params = load_gpt2_params_from_tf_ckpt(os.path.join(model_dir, "model.ckpt"), SHAPES["tiny"])
     block = params["blocks"][0]
@@ -122,7 +135,7 @@ def test_data_file_damaged_after_it_was_checked_is_caught_by_the_next_start(mode
         f.write(b"\x00\x01\x02\x03")
     os.utime(data, ns=(time.time_ns(), time.time_ns() + 10**9))
     with pytest.raises(DamagedFile, match="does not match the checksums in model.ckpt.index"):
-        utils.read_model_folder("124M", os.path.dirname(model_dir))
+        utils.read_model_folder(model_dir)
 
 
 def test_every_flipped_bit_of_the_index_is_caught(model_dir):
@@ -130,12 +143,12 @@ def test_every_flipped_bit_of_the_index_is_caught(model_dir):
     no single flipped bit anywhere in the index goes unnoticed."""
     with open(os.path.join(model_dir, utils.INDEX_FILE), "rb") as f:
         index = f.read()
-    assert len(utils.parse_index(index)) == 4 + 12 * SHAPES["tiny"]["n_layer"]
+    assert len(tf_checkpoint.parse_index(index)) == 4 + 12 * SHAPES["tiny"]["n_layer"]
     missed = []
     for i in range(len(index)):
         for bit in range(8):
             try:
-                utils.parse_index(flip_bits(index, [(i, bit)]))
+                tf_checkpoint.parse_index(flip_bits(index, [(i, bit)]))
                 missed.append((i, bit))
             except (ValueError, IndexError):
                 pass
@@ -171,19 +184,18 @@ def damage(index):
         lambda p: index[:p[0]] + p[1] + index[p[0] + len(p[1]):])
     insert = st.tuples(st.integers(0, n), st.binary(min_size=1, max_size=64)).map(
         lambda p: index[:p[0]] + p[1] + index[p[0]:])
-    magic = utils.TABLE_MAGIC.to_bytes(8, "little")
+    magic = tf_checkpoint.TABLE_MAGIC.to_bytes(8, "little")
     noise = st.binary(max_size=4096) | st.binary(max_size=4096).map(lambda b: b + magic)
     return cut | flips | overwrite | insert | noise
 
 
 @settings(max_examples=400, deadline=1000)  # a hang or a huge allocation would blow the deadline
 @given(data=st.data())
-def test_damaged_index_gets_only_the_documented_error(index_bytes, scratch, data):
+def test_damaged_index_gets_only_a_value_error(index_bytes, scratch, data):
     damaged = data.draw(damage(index_bytes))
     if damaged == index_bytes:
         return
     path = scratch / utils.INDEX_FILE
     path.write_bytes(damaged)
-    with pytest.raises(DamagedFile, match="is truncated or corrupt$") as error:
-        utils.read_index(str(path))
-    assert error.value.path == str(path)
+    with pytest.raises(ValueError):  # and nothing else: no IndexError, RecursionError, MemoryError
+        tf_checkpoint.read_index(str(path))

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+import cli
 import gpt2
 from checkpoints import reference_logits
 from conftest import ROOT
@@ -76,7 +77,7 @@ def test_long_score_prints_the_summary_last(tiny_models, tmp_path, tokens):
     assert result.returncode == 0, result.stderr
     encoder, hparams, params = load_encoder_hparams_and_params("124M", tiny_models)
     ids = encoder.encode(text)
-    assert len(ids) > gpt2.TOKEN_LINES
+    assert len(ids) > cli.TOKEN_LINES
     log_probs = gpt2.score(ids, params, hparams["n_head"], stride=16)
     lines = result.stdout.splitlines()
     assert len(lines) == (len(ids) + 1 if tokens else 1)
@@ -133,11 +134,18 @@ def test_empty_file_has_nothing_to_score(tiny_models, tmp_path):
                           "nothing to score")
 
 
-@pytest.mark.parametrize("args, fragment", [(["--stride", "8"], "go with --score"),
-                                            (["--tokens"], "go with --score"),
+@pytest.mark.parametrize("args, fragment", [(["--stride", "8"], "--stride goes with --score"),
+                                            (["--tokens"], "--tokens goes with --score"),
                                             (["--score", "--stride", "0"], "--stride must be a whole number"),
                                             (["--score", "--stride", "abc"], "--stride must be a whole number"),
                                             (["--score", "--stride", "65"], "from 1 to 64"),
-                                            (["--score", "--tokens=no"], "--tokens is a switch")])
+                                            (["--score", "--tokens=no"], "--tokens is a switch"),
+                                            (["--score", "--temperature", "1"], "--temperature is for generating"),
+                                            (["--score", "--top_k", "5", "--seed", "1"],
+                                             "--top_k and --seed are for generating"),
+                                            (["--score", "--top_p", "0.5"], "--top_p is for generating"),
+                                            (["--score", "--ignore_eos"], "--ignore_eos is for generating"),
+                                            (["--score", "--n_tokens_to_generate", "3"],
+                                             "--n_tokens_to_generate is for generating")])
 def test_bad_score_flags(tiny_models, args, fragment):
     assert_one_line_error(run("Hello there", *args, "--models_dir", tiny_models), fragment)
