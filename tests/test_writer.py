@@ -12,39 +12,11 @@ from hypothesis import strategies as st
 
 import tf_checkpoint
 import utils
+from checkpoints import assert_tensorflow_reads, bits, random_bits, tensorflow
 from conftest import SHAPES
 
 OPENAI_HPARAMS = {size: dict(n_vocab=50257, n_ctx=1024, n_embd=SHAPES[size]["n_embd"], n_head=SHAPES[size]["n_head"],
                              n_layer=1) for size in ("124M", "355M", "774M", "1558M")}
-
-
-def tensorflow():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    return tf
-
-
-def random_bits(shape, rng):
-    """float32 arrays of random bit patterns: every sign, exponent and NaN payload, so that
-    "bit-identical" is tested on every bit."""
-    return rng.integers(0, 1 << 32, size=shape, dtype=np.uint32).view(np.float32)
-
-
-def bits(array):
-    return np.ascontiguousarray(array, dtype="<f4").view(np.uint32)
-
-
-def assert_tensorflow_reads(prefix, tensors):
-    """tf.train.load_checkpoint reads exactly these names, shapes, dtype and bits at prefix (it
-    checks the index blocks' CRCs, and each tensor's CRC32C as it reads it)."""
-    tf = tensorflow()
-    reader = tf.train.load_checkpoint(prefix)
-    shapes, dtypes = reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map()
-    assert sorted(shapes) == sorted(tensors)
-    for name, array in tensors.items():
-        assert shapes[name] == list(array.shape) and dtypes[name] == tf.float32, name
-        assert np.array_equal(bits(reader.get_tensor(name)), bits(array)), name
 
 
 def write(tmp_path, tensors, **options):
