@@ -297,7 +297,6 @@ def set_aside(path, resume):
             os.remove(part)
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Saves: several files replaced at once
 
@@ -351,8 +350,9 @@ def finish_interrupted_save(model_dir):
     names = committed_names(saving)
     if names is not None:
         for name in names:
-            if os.path.exists(os.path.join(saving, name)):  # not moved yet
-                os.replace(os.path.join(saving, name), os.path.join(model_dir, name))
+            new = os.path.join(saving, name)
+            if os.path.exists(new):  # not moved yet
+                os.replace(new, os.path.join(model_dir, name))
         sync_folder(model_dir)
         os.remove(os.path.join(saving, COMMIT_FILE))
     shutil.rmtree(saving)
@@ -379,8 +379,8 @@ def committed_names(saving):
 
 @contextlib.contextmanager
 def settled_folder(model_dir):
-    """folder_lock(model_dir), with any save cut short finished first: how every reader or
-    writer of a folder that saves go into begins."""
+    """folder_lock(model_dir), then any save cut short in it finished: how every reader and
+    writer of a model folder begins."""
     with folder_lock(model_dir):
         finish_interrupted_save(model_dir)
         yield

@@ -123,7 +123,8 @@ def write_checkpoint(index_path, data_path, tensors, block_size=BLOCK_SIZE):
 
 def build_index(entries, block_size=BLOCK_SIZE):
     """The index file's bytes for read_index's entries: parse_index run backwards."""
-    records = iter([(b"", header_bytes()), *sorted((name.encode(), entry_bytes(e)) for name, e in entries.items())])
+    entry_records = sorted((name.encode(), entry_bytes(entry)) for name, entry in entries.items())
+    records = iter([(b"", header_bytes()), *entry_records])  # the header's empty key sorts first
     index, blocks = bytearray(), []  # blocks: (first key, last key, BlockHandle) of each data block
     block, first, last = build_block(records, RESTART_INTERVAL, block_size)
     while first is not None:
@@ -131,7 +132,8 @@ def build_index(entries, block_size=BLOCK_SIZE):
         block, first, last = build_block(records, RESTART_INTERVAL, block_size)
     meta_handle = write_block(index, build_block(iter(()), RESTART_INTERVAL)[0])  # the empty metaindex block
     index_handle = write_block(index, build_block(index_records(blocks), restart_interval=1)[0])
-    return bytes(index) + (meta_handle + index_handle).ljust(FOOTER_BYTES - 8, b"\0") + TABLE_MAGIC.to_bytes(8, "little")
+    footer = (meta_handle + index_handle).ljust(FOOTER_BYTES - 8, b"\0") + TABLE_MAGIC.to_bytes(8, "little")
+    return bytes(index + footer)
 
 
 def index_records(blocks):
@@ -219,7 +221,7 @@ def build_block(records, restart_interval, block_size=math.inf):
         if n % restart_interval == 0:
             restarts.append(len(out))
             last = b""  # a restart point's key is written whole
-        shared = len(os.path.commonprefix([last, key]))
+        shared = len(os.path.commonprefix([last, key]))  # (commonprefix takes any sequences, bytes too)
         out += write_varint(shared) + write_varint(len(key) - shared) + write_varint(len(value)) + key[shared:] + value
         first, last = key if first is None else first, key
         if len(out) + 4 * len(restarts) + 4 >= block_size:

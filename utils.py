@@ -274,7 +274,8 @@ def checkpoint_tensors(params, hparams):
         array, conv = flat.pop(param_name(name), None), len(shape) == 3
         want = shape[1:] if conv else shape
         if not (isinstance(array, np.ndarray) and array.dtype == np.float32 and list(array.shape) == want):
-            have = "absent" if array is None else f"{getattr(array, 'dtype', type(array).__name__)} {list(np.shape(array))}"
+            kind = getattr(array, "dtype", type(array).__name__)
+            have = "absent" if array is None else f"{kind} {list(np.shape(array))}"
             raise ValueError(f"params' {param_name(name)} must be a float32 array of shape {want}, not {have}")
         tensors[name] = array[None] if conv else array
     if flat:

@@ -42,12 +42,14 @@ def test_a_saved_folder_reads_the_same_through_both_readers(tmp_path):
     assert hparams == SHAPES["tiny"]
     expected = flatten(params)
     assert sorted(flatten(loaded)) == sorted(expected)
-    assert all(np.array_equal(bits(loaded_array), bits(expected[name])) for name, loaded_array in flatten(loaded).items())
+    for name, array in flatten(loaded).items():
+        assert np.array_equal(bits(array), bits(expected[name])), name
     # TensorFlow sees OpenAI's names and shapes (conv1d weights [1, nx, nf]) and nothing else.
     assert_tensorflow_reads(os.path.join(model_dir, CHECKPOINT_NAME),
                             {name: expected[param_name(name)].reshape(shape)
                              for name, shape in checkpoint_shapes(SHAPES["tiny"]).items()})
-    assert tensorflow().train.latest_checkpoint(model_dir) == os.path.join(model_dir, CHECKPOINT_NAME)  # `checkpoint` parses
+    # TensorFlow parses `checkpoint` and finds the prefix in the folder.
+    assert tensorflow().train.latest_checkpoint(model_dir) == os.path.join(model_dir, CHECKPOINT_NAME)
     assert sorted(os.listdir(model_dir)) == sorted([*utils.MODEL_FILES, utils.VERIFIED_FILE])
 
 
