@@ -7,7 +7,6 @@ import json
 import os
 import random
 import signal
-import sys
 import time
 import traceback
 
@@ -15,7 +14,6 @@ import numpy as np
 import pytest
 
 import store
-import tf_checkpoint
 import utils
 from checkpoints import CHECKPOINT_NAME, assert_tensorflow_reads, bits, random_bits, tensorflow
 from conftest import SHAPES
