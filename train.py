@@ -276,12 +276,19 @@ def adamw_state(params):
             "v": tree_map(lambda p: np.zeros(p.shape, p.dtype), params)}
 
 
-def global_norm(grads):
-    """sqrt of the sum of every gradient's squares: the length of all gradients as one vector."""
-    return math.sqrt(sum(float(np.dot(g.reshape(-1), g.reshape(-1))) for g in leaves(grads)))
-
-
 ADAMW_CHUNK = 1 << 16  # numbers of a tensor updated at once: p, g, m, v and the temporaries stay in the CPU cache
+
+
+def global_norm(grads):
+    """sqrt of the sum of every gradient's squares: the length of all gradients as one vector. Summed in
+    float64 a piece at a time (a float32 sum over millions of numbers would be off in the 5th digit)."""
+    total = 0.0
+    for g in leaves(grads):
+        g = g.reshape(-1)
+        for i in range(0, len(g), ADAMW_CHUNK):
+            part = g[i:i + ADAMW_CHUNK].astype(np.float64)
+            total += float(part @ part)
+    return math.sqrt(total)
 
 
 def adamw(params, grads, state, lr, weight_decay=0.0, max_norm=None, beta1=0.9, beta2=0.999, eps=1e-8):

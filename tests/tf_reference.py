@@ -31,9 +31,9 @@ def layer_norm(x, g, b):
     return (x - mean) / tf.sqrt(variance + 1e-5) * g + b
 
 
-def linear(x, w, b=None):
+def linear(x, w, b=None):  # as rows: einsum's gradient of "...i,io->...o" would broadcast to [..., i, o]
     tf = _tf()
-    y = tf.einsum("...i,io->...o", x, w)
+    y = tf.reshape(tf.einsum("ti,io->to", tf.reshape(x, [-1, w.shape[0]]), w), [*x.shape[:-1], w.shape[1]])
     return y if b is None else y + b
 
 
@@ -70,7 +70,7 @@ def logits(inputs, wte, wpe, blocks, ln_f, n_head):
     x = tf.gather(wte, inputs) + wpe[:inputs.shape[-1]]
     for block in blocks:
         x = transformer_block(x, **block, n_head=n_head)
-    return tf.einsum("...c,vc->...v", layer_norm(x, **ln_f), wte)
+    return linear(layer_norm(x, **ln_f), tf.transpose(wte))
 
 
 def to_tf(tree, dtype):
