@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from gpt2 import MINUS_TWO_SQRT_2_OVER_PI, causal_attention, gelu, layer_norm, linear, split_heads
+from gpt2 import MINUS_TWO_SQRT_2_OVER_PI, causal_attention, gelu, gpt2, layer_norm, linear, split_heads
 
 TWO_SQRT_2_OVER_PI = -MINUS_TWO_SQRT_2_OVER_PI
 
@@ -333,3 +333,65 @@ def adamw_update(p, g, m, v, lr, decay, clip, beta1_t, beta2_t, beta1, beta2, ep
         p *= 1 - lr * decay
     step *= lr / (1 - beta1_t)
     p -= step
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning on a text: random windows of it, a step, the validation loss
+
+
+def get_batch(tokens, batch_size, seq_len, rng):  # [n_tokens] -> inputs, targets: [batch_size, seq_len] each
+    """batch_size windows of seq_len + 1 tokens, each starting at a random place of the text: a window's
+    first seq_len tokens are the inputs and its last seq_len the targets, so every position predicts the next."""
+    starts = rng.integers(0, len(tokens) - seq_len, batch_size)  # the last window ends on the last token
+    windows = tokens[starts[:, None] + np.arange(seq_len + 1)]
+    return windows[:, :-1], windows[:, 1:]
+
+
+def learning_rate(step, lr, warmup):
+    """The rate of the step-th step (from 1): rising linearly to lr over the first `warmup` steps, then lr.
+    It never depends on how many steps there will be, so a run that goes on later is the same run."""
+    return lr * min(1.0, step / warmup) if warmup else lr
+
+
+def train_step(params, state, tokens, rng, n_head, batch_size, seq_len, lr, accumulate=1, weight_decay=0.0,
+               max_norm=None):
+    """One AdamW step on the mean gradient of `accumulate` batches drawn from tokens, in place on params
+    and state. Returns (the batches' mean loss, the gradients' global norm before clipping).
+    FloatingPointError if either is not finite: params must then not be used (nor saved)."""
+    loss, grads = 0.0, None
+    for _ in range(accumulate):
+        batch_loss, batch_grads = loss_and_grads(*get_batch(tokens, batch_size, seq_len, rng), params, n_head)
+        loss += batch_loss / accumulate
+        grads = batch_grads if grads is None else tree_map(lambda g, h: np.add(g, h, out=g), grads, batch_grads)
+    if accumulate > 1:
+        tree_map(lambda g: np.multiply(g, 1 / accumulate, out=g), grads)
+    norm = adamw(params, grads, state, lr, weight_decay, max_norm)
+    if not (math.isfinite(loss) and math.isfinite(norm)):
+        raise FloatingPointError(f"the loss is {loss} and the gradients' norm {norm}")
+    return loss, norm
+
+
+def eval_windows(tokens, seq_len, max_windows):  # [n_tokens] -> [n_windows, seq_len + 1]
+    """Windows of seq_len + 1 tokens side by side over the text (overlapping by one token, so that every
+    token but the first is predicted once), at most max_windows of them, spread evenly over the text:
+    the same windows at every evaluation, so that the validation losses of a run compare."""
+    starts = np.arange(0, len(tokens) - seq_len, seq_len)
+    if len(starts) > max_windows:
+        starts = starts[np.linspace(0, len(starts) - 1, max_windows).round().astype(int)]
+    return tokens[starts[:, None] + np.arange(seq_len + 1)]
+
+
+def evaluate(windows, params, n_head, batch_size):  # [n_windows, seq_len + 1] -> mean loss
+    """The mean cross-entropy over every position of the windows, a batch of them at a time, forward only."""
+    total = 0.0
+    for i in range(0, len(windows), batch_size):
+        batch = windows[i:i + batch_size]
+        loss, _ = cross_entropy(gpt2(batch[:, :-1], **params, n_head=n_head), batch[:, 1:])
+        total += loss * len(batch)
+    return total / len(windows)
+
+
+if __name__ == "__main__":  # python train.py --data my_text.txt: the command line lives in cli.py
+    from cli import train_command
+
+    train_command()
