@@ -1,9 +1,10 @@
 """The GPT-2 model in NumPy: token ids to next-token logits, and the generation and scoring that run it.
 
 Shapes: n_seq positions, n_embd model width, n_head heads of d_head = n_embd // n_head each,
-n_vocab tokens. Everything runs in float32, as OpenAI's checkpoints are stored. Read each shape
-as one sequence; a leading `...` means the function also takes a batch of sequences in front of
-it (e.g. [n_batch, n_seq, n_embd]), which is how several samples share one read of the weights.
+n_vocab tokens. Everything runs in the weights' dtype: float32, as OpenAI's checkpoints are
+stored (train.py's gradient checks run the same functions in float64). Read each shape as one
+sequence; a leading `...` means the function also takes a batch of sequences in front of it
+(e.g. [n_batch, n_seq, n_embd]), which is how several samples share one read of the weights.
 """
 import math
 
