@@ -1,9 +1,10 @@
 """The GPT-2 model in NumPy: token ids to next-token logits, and the generation and scoring that run it.
 
 Shapes: n_seq positions, n_embd model width, n_head heads of d_head = n_embd // n_head each,
-n_vocab tokens. Everything runs in float32, as OpenAI's checkpoints are stored. Read each shape
-as one sequence; a leading `...` means the function also takes a batch of sequences in front of
-it (e.g. [n_batch, n_seq, n_embd]), which is how several samples share one read of the weights.
+n_vocab tokens. Everything runs in the weights' dtype: float32, as OpenAI's checkpoints are
+stored (train.py's gradient checks run the same functions in float64). Read each shape as one
+sequence; a leading `...` means the function also takes a batch of sequences in front of it
+(e.g. [n_batch, n_seq, n_embd]), which is how several samples share one read of the weights.
 """
 import math
 
@@ -86,7 +87,38 @@ def causal_mask(n_q, n_k):  # -> [n_q, n_k]
     return np.triu(np.full((n_q, n_k), -1e10, dtype=np.float32), k=n_k - n_q + 1)
 
 
-QUERY_BLOCK = 128  # rows of queries attended at once in a long prompt (see mha)
+QUERY_BLOCK = 128  # rows of queries attended at once in a long prompt (see causal_attention)
+
+
+def split_heads(qkv, n_head):  # [..., n_seq, 3 n_embd] -> q, k, v: [..., n_head, n_seq, d_head] each
+    """The c_attn output cut into queries, keys and values, each cut into heads (views, no copy)."""
+    qkv = qkv.reshape(*qkv.shape[:-1], 3, n_head, qkv.shape[-1] // (3 * n_head))
+    return np.moveaxis(qkv, (-3, -2), (0, -3))
+
+
+def causal_attention(q, k, v, block=None, kept=None):  # [..., n_head, n_q, d_head], [..., n_head, n_k, d_head] x2
+    """attention() where the queries are the last n_q of n_k positions and each sees the keys up
+    to its own position. Returns the heads side by side, [..., n_q, n_head, d_head].
+
+    The queries are attended `block` (default QUERY_BLOCK) at a time, each block against the keys
+    up to its own last position (speed: most of the masked half of the [n_head, n_q, n_k] scores is
+    never computed, and a block's scores stay in the CPU cache; exp over them was the largest cost
+    of a prompt after the matrix products).
+    kept: None, or a list that gets each block's attention weights [..., n_head, block, seen]
+    (to plot them, or for the backward pass).
+    """
+    *batch, n_head, n_q, d_head = q.shape
+    n_k, block = k.shape[-2], block or QUERY_BLOCK
+    heads = np.empty((*batch, n_q, n_head, d_head), q.dtype)  # q's dtype: float64 params compute in float64
+    for start in range(0, n_q, block):
+        stop = min(start + block, n_q)
+        seen = n_k - n_q + stop  # keys up to the block's last query
+        mask = causal_mask(stop - start, seen) if stop - start > 1 else None
+        out, weights = attention(q[..., start:stop, :], k[..., :seen, :], v[..., :seen, :], mask)
+        heads[..., start:stop, :, :] = out.swapaxes(-3, -2)
+        if kept is not None:
+            kept.append(weights)
+    return heads
 
 
 def mha(x, c_attn, c_proj, n_head, cache=None, return_weights=False):  # [..., n_seq, n_embd] -> same
@@ -96,31 +128,18 @@ def mha(x, c_attn, c_proj, n_head, cache=None, return_weights=False):  # [..., n
     written into its next free slots, and x attends to every position filled before it, so after
     the prompt only the newest token has to be computed.
     return_weights: also return the attention weights [..., n_head, n_seq, n_k], e.g. to plot them.
-
-    A long x is attended QUERY_BLOCK queries at a time, each block against the keys up to its own
-    last position (speed: most of the masked half of the [n_head, n_seq, n_seq] scores is never
-    computed, and a block's scores stay in the CPU cache; exp over them was the largest cost of a
-    prompt after the matrix products).
     """
     *batch, n_seq, n_embd = x.shape
-    qkv = linear(x, **c_attn).reshape(*batch, n_seq, 3, n_head, n_embd // n_head)
-    q, k, v = np.moveaxis(qkv, (-3, -2), (0, -3))  # [..., n_head, n_seq, d_head] each
-    n_k = n_seq
+    q, k, v = split_heads(linear(x, **c_attn), n_head)  # [..., n_head, n_seq, d_head] each
     if cache is not None:  # in place: no copy of the earlier keys and values
         n_past, n_k = cache["n"], cache["n"] + n_seq
         cache["k"][..., n_past:n_k, :] = k
         cache["v"][..., n_past:n_k, :] = v
         k, v, cache["n"] = cache["k"][..., :n_k, :], cache["v"][..., :n_k, :], n_k
-    heads = np.empty((*batch, n_seq, n_head, n_embd // n_head), np.float32)  # the output, heads side by side
-    block = n_seq if return_weights else QUERY_BLOCK
-    for start in range(0, n_seq, block):
-        stop = min(start + block, n_seq)
-        seen = n_k - n_seq + stop  # keys up to the block's last query
-        mask = causal_mask(stop - start, seen) if stop - start > 1 else None
-        out, weights = attention(q[..., start:stop, :], k[..., :seen, :], v[..., :seen, :], mask)
-        heads[..., start:stop, :, :] = out.swapaxes(-3, -2)
+    kept = [] if return_weights else None
+    heads = causal_attention(q, k, v, n_seq if return_weights else None, kept)  # all at once to return the weights
     out = linear(heads.reshape(*batch, n_seq, n_embd), **c_proj)
-    return (out, weights) if return_weights else out
+    return (out, kept[0]) if return_weights else out
 
 
 def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, cache=None):  # [..., n_seq, n_embd] -> same

@@ -22,6 +22,11 @@ Each figure is printed next to its baseline, since timings on a shared machine d
   cold start    process start to first token: the first run after a download (which checks the
                 checksums) against the second
   peak memory   of a process generating 64 tokens, first run and later / size of the weights
+  train         forward + backward (train.loss_and_grads) on [4, 256] tokens: tokens/s and GFLOP/s (the matrix
+                products of forward and backward, 3x the forward's, attention's included) / sgemm GFLOP/s on the
+                same weight-matrix products alone, taking turns; the peak memory of a process doing one step
+                (loss_and_grads, then AdamW on a writable copy of the weights) / weights; one AdamW step's time
+                / the forward + backward's (--train_only: these rows alone)
 """
 import argparse
 import os
@@ -36,6 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import gpt2  # noqa: E402
+import train  # noqa: E402
 from utils import DATA_FILE, FILENAMES, VERIFIED_FILE, load_encoder_hparams_and_params  # noqa: E402
 
 SHAPES = {"124M": (768, 12, 12), "355M": (1024, 16, 24), "774M": (1280, 20, 36), "1558M": (1600, 25, 48)}
@@ -131,17 +137,21 @@ _, status, usage = os.wait4(subprocess.Popen(sys.argv[1:], stdout=subprocess.DEV
 print(time.perf_counter() - start, usage.ru_maxrss, status)"""
 
 
-def run_cli(args, n_tokens):
-    """(wall seconds, peak resident MB) of `python gpt2.py` generating n_tokens."""
-    cmd = [sys.executable, os.path.join(ROOT, "gpt2.py"), "The quick brown fox", "--n_tokens_to_generate",
-           str(n_tokens), "--ignore_eos", "--model_size", args.model_size, "--models_dir", args.models_dir]
+def run_peak(cmd):
+    """(wall seconds, peak resident MB) of the command cmd, through LAUNCHER."""
     with tempfile.TemporaryFile() as stderr:  # a file, not a pipe: a full pipe would stall the child
         report = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], stdout=subprocess.PIPE, stderr=stderr, text=True)
         seconds, peak_kb, status = report.stdout.split()
         if status != "0":
             stderr.seek(0)
-            sys.exit(f"gpt2.py failed: {stderr.read().decode(errors='replace')}")
+            sys.exit(f"{cmd[1]} failed: {stderr.read().decode(errors='replace')}")
     return float(seconds), int(peak_kb) / 1024  # Linux reports kB
+
+
+def run_cli(args, n_tokens):
+    """(wall seconds, peak resident MB) of `python gpt2.py` generating n_tokens."""
+    return run_peak([sys.executable, os.path.join(ROOT, "gpt2.py"), "The quick brown fox", "--n_tokens_to_generate",
+                     str(n_tokens), "--ignore_eos", "--model_size", args.model_size, "--models_dir", args.models_dir])
 
 
 def ensure_model(args):
@@ -167,9 +177,13 @@ def main():
     parser.add_argument("--decode_sizes", nargs="*", default=["355M"], choices=list(SHAPES),
                         help="other sizes to measure decode / floor for (each loaded, or written with --random)")
     parser.add_argument("--batch_only", action="store_true", help="only the samples and score_many rows")
+    parser.add_argument("--train_only", action="store_true", help="only the forward + backward and AdamW rows")
     args = parser.parse_args()
     model_dir = ensure_model(args)
     load_encoder_hparams_and_params(args.model_size, args.models_dir)  # any download happens here, untimed
+
+    if args.train_only:
+        return print_rows(args, train_rows(args))
 
     if args.batch_only:
         _, hparams, params = load_encoder_hparams_and_params(args.model_size, args.models_dir)
@@ -181,6 +195,7 @@ def main():
     _, hparams, params = load_encoder_hparams_and_params(args.model_size, args.models_dir)
     n_head = hparams["n_head"]
     rows += batch_rows(params, n_head)
+    rows += train_rows(args)
     prompt = list(range(1000, 1016))
     decode(params, n_head, prompt, 4)  # warm up: page the weights in
     floor, first, per_token, ratio = decode_against(lambda: decode_floor(params), params, n_head, prompt, 64, 5)
@@ -268,6 +283,70 @@ def batch_rows(params, n_head):
     n_tokens = sum(map(len, lines))
     rows.append((f"score_many ({len(lines)} lines, {n_tokens} tokens)", f"{many:.1f} s, {n_tokens / many:.0f} tokens/s",
                  f"one by one {alone:.1f} s", f"{alone / many:.1f}x faster"))
+    return rows
+
+
+TRAIN_SHAPE = (4, 256)  # [n_batch, n_seq] of the training rows
+
+# One training step in a process of its own, for its peak memory: forward + backward, then AdamW on a writable
+# copy of the weights (weights + gradients + two moments, as in a fine-tuning run).
+TRAIN_STEP = """import sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np, train
+from utils import load_encoder_hparams_and_params
+_, hparams, params = load_encoder_hparams_and_params(sys.argv[2], sys.argv[3])
+ids = np.random.default_rng(0).integers(0, hparams["n_vocab"], (int(sys.argv[4]), int(sys.argv[5]) + 1))
+params = train.writable_copy(params)
+state = train.adamw_state(params)
+loss, grads = train.loss_and_grads(ids[:, :-1], ids[:, 1:], params, hparams["n_head"])
+train.adamw(params, grads, state, lr=1e-4, weight_decay=0.1, max_norm=1.0)"""
+
+
+def train_flops(hparams, n_batch, n_seq, block=gpt2.QUERY_BLOCK):
+    """Multiply-adds x2 of forward + backward (3x the forward's): (weight-matrix products, attention's products
+    over the query blocks causal_attention computes)."""
+    e, layers, rows = hparams["n_embd"], hparams["n_layer"], n_batch * n_seq
+    dense = 3 * 2 * rows * (layers * (e * 3 * e + e * e + 2 * e * 4 * e) + e * hparams["n_vocab"])
+    pairs = sum(min(start + block, n_seq) * (min(start + block, n_seq) - start) for start in range(0, n_seq, block))
+    return dense, 3 * layers * 2 * 2 * n_batch * pairs * e  # q k^T and w v: 2 products of d_head per pair and head
+
+
+def train_products(params, rows):
+    """A function doing forward + backward's weight-matrix products alone, at their real shapes: x w, dy w^T and
+    x^T dy for every linear, the tied output projection's three included."""
+    mats = weight_matrices(params)
+    xs = [np.ones((rows, m.shape[0]), np.float32) for m in mats]
+    dys = [np.ones((rows, m.shape[1]), np.float32) for m in mats]
+    return lambda: [(x @ m, dy @ m.T, x.T @ dy) for x, m, dy in zip(xs, mats, dys)]
+
+
+def train_rows(args):
+    """Forward + backward against the same products alone (taking turns), peak memory of one training step, and
+    one AdamW step."""
+    _, hparams, params = load_encoder_hparams_and_params(args.model_size, args.models_dir)
+    n_batch, n_seq = TRAIN_SHAPE
+    ids = np.random.default_rng(0).integers(0, hparams["n_vocab"], (n_batch, n_seq + 1))
+    step = lambda: train.loss_and_grads(ids[:, :-1], ids[:, 1:], params, hparams["n_head"])  # noqa: E731
+    products = train_products(params, n_batch * n_seq)
+    step(), products()  # warm up: page the weights in
+    rounds = [(best_of(products, 1), best_of(step, 1)) for _ in range(3)]
+    alone, both = (float(np.median(column)) for column in zip(*rounds))
+    dense, attention = train_flops(hparams, n_batch, n_seq)
+    ratio = float(np.median([(dense + attention) / b / (dense / a) for a, b in rounds]))
+    rows = [(f"train fwd+bwd {n_batch}x{n_seq}", f"{n_batch * n_seq / both:.0f} tokens/s, {both:.2f} s, "
+             f"{(dense + attention) / both / 1e9:.0f} GFLOP/s", f"sgemm {dense / alone / 1e9:.0f} GFLOP/s",
+             f"{ratio:.0%} of sgemm")]
+
+    _, peak = run_peak([sys.executable, "-c", TRAIN_STEP, ROOT, args.model_size, args.models_dir, str(n_batch),
+                        str(n_seq)])
+    weights = sum(p.nbytes for p in train.leaves(params)) / 2**20
+    rows.append((f"train step peak memory {n_batch}x{n_seq}", f"{peak:.0f} MB", f"weights {weights:.0f} MB",
+                 f"{peak / weights:.2f}x weights (weights + grads + 2 moments: 4x)"))
+
+    writable, (_, grads) = train.writable_copy(params), step()
+    state = train.adamw_state(writable)
+    seconds = best_of(lambda: train.adamw(writable, grads, state, lr=1e-4, weight_decay=0.1, max_norm=1.0), 3)
+    rows.append(("AdamW step", f"{seconds:.2f} s", f"fwd+bwd {both:.2f} s", f"{seconds / both:.0%} of fwd+bwd"))
     return rows
 
 

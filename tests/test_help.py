@@ -1,18 +1,20 @@
-"""`python gpt2.py --help` explains every flag, and README.md's flag table says the same."""
+"""`python gpt2.py --help` and `python train.py --help` explain every flag, and README.md's flag tables say the same."""
 import ast
 import os
 import re
 import subprocess
 import sys
 
+import pytest
+
 import cli
 from conftest import ROOT
 
 
-def help_flags():
+def help_flags(program="gpt2.py"):
     """{flag: (default, description)} in the order `--help` lists them (fire prints help on stderr
     when it is not a terminal)."""
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "gpt2.py"), "--help"], capture_output=True,
+    result = subprocess.run([sys.executable, os.path.join(ROOT, program), "--help"], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     lines = (result.stdout + result.stderr).splitlines()
@@ -34,11 +36,12 @@ def help_flags():
     return {name: (item.get("Default"), item.get("description")) for name, item in flags.items()}
 
 
-def readme_flags():
-    """{flag: (default, meaning)} from README.md's table, code marks and escaped pipes removed."""
+def readme_flags(section="## Quick start"):
+    """{flag: (default, meaning)} from the flag table of README.md's section, code marks and escaped pipes
+    removed."""
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         lines = f.read().splitlines()
-    start = lines.index("| flag | default | meaning |") + 2
+    start = lines.index("| flag | default | meaning |", lines.index(section)) + 2
     rows = {}
     for line in lines[start:]:
         if not line.startswith("|"):
@@ -67,8 +70,18 @@ def test_every_flag_says_what_it_does_and_its_default():
     assert str(cli.TOKEN_LINES) in flags["tokens"][1]
 
 
-def test_readme_table_agrees_with_help():
-    help_, readme = help_flags(), readme_flags()
+@pytest.mark.parametrize("program, section", [("gpt2.py", "## Quick start"),
+                                              ("train.py", "## Fine-tune on your own text")])
+def test_readme_table_agrees_with_help(program, section):
+    help_, readme = help_flags(program), readme_flags(section)
     assert list(readme) == list(help_), "README's flag table and --help list different flags or orders"
     for name, (default, description) in help_.items():
         assert readme[name] == (as_in_readme(default), description), f"--{name}"
+
+
+def test_every_train_flag_says_what_it_does_and_its_default():
+    flags = help_flags("train.py")
+    assert list(flags)[0] == "data" and "resume" in flags
+    for name, (default, description) in flags.items():
+        assert default is not None, f"--{name} has no default in --help"
+        assert description, f"--{name} is not explained in --help (add it to train_main's Args:)"

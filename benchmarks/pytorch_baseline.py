@@ -1,0 +1,72 @@
+"""PyTorch's forward + backward of GPT-2 124M on the CPU, the baseline train.py is compared with (issue 17).
+
+Not a dependency of the project: run it with a virtual environment of its own, e.g.
+    python -m venv /tmp/venv-torch && /tmp/venv-torch/bin/pip install torch transformers
+    /tmp/venv-torch/bin/python benchmarks/pytorch_baseline.py
+
+Hugging Face's GPT2LMHeadModel(GPT2Config()), randomly initialised, dropout 0, float32, torch.set_num_threads(2),
+the same work as train.loss_and_grads: logits for [4, 256] token ids, mean cross-entropy over every position,
+backward. Prints seconds per call (median of --repeat after one warm-up), tokens/s, and the peak resident memory
+of a child process that does one call (as bench.py's LAUNCHER measures train.py's).
+"""
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import time
+
+
+def step(model, inputs, targets):
+    import torch.nn.functional as F
+
+    model.zero_grad(set_to_none=True)
+    logits = model(inputs).logits
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    loss.backward()
+    return float(loss)
+
+
+def setup(n_batch, n_seq, threads):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).float()
+    ids = torch.randint(0, model.config.vocab_size, (n_batch, n_seq + 1))
+    return model, ids[:, :-1], ids[:, 1:]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--child", action="store_true", help="one call, then print this process's peak memory")
+    args = parser.parse_args()
+    if not args.child:  # first, while this process is small: a child's peak memory starts from its parent's
+        child = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--batch", str(args.batch),
+                                "--seq", str(args.seq), "--threads", str(args.threads)], capture_output=True, text=True)
+        peak_mb = int(child.stdout.split()[-1]) / 1024  # Linux reports kB
+    model, inputs, targets = setup(args.batch, args.seq, args.threads)
+    if args.child:
+        step(model, inputs, targets)
+        return print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    import torch
+
+    print(f"torch {torch.__version__}, attention: {model.config._attn_implementation}, {args.threads} threads")
+    step(model, inputs, targets)  # warm up
+    times = []
+    for _ in range(args.repeat):
+        start = time.perf_counter()
+        step(model, inputs, targets)
+        times.append(time.perf_counter() - start)
+    seconds = sorted(times)[len(times) // 2]
+    print(f"fwd+bwd {args.batch}x{args.seq}: {seconds:.2f} s ({', '.join(f'{t:.2f}' for t in times)}), "
+          f"{args.batch * args.seq / seconds:.0f} tokens/s, peak memory {peak_mb:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,397 @@
+"""Training GPT-2 in NumPy: the backward pass of every function of gpt2.py, the loss and its gradients, and AdamW.
+
+The backward functions come in the order of gpt2.py's forward ones, and each undoes one of them: it takes dy,
+the gradient of the loss with respect to the forward's output, then the forward's own arguments in the same
+order, and returns the gradient with respect to the forward's input, followed by a dict of its parameters'
+gradients shaped like its parameters. A forward that is made of others (ffn, mha, transformer_block, gpt2) has a
+`*_forward` twin here that calls gpt2.py's functions, so there is one copy of the model's math, and also returns
+what its backward reads ("kept", named once in a dict, like the activations struct of llm.c). The backward lets
+go of each kept tensor as soon as it has used it.
+
+Shapes as in gpt2.py; "rows" are all positions of all sequences of a batch, [..., n] read as [n_rows, n].
+Everything computes in the dtype of the parameters: float32 to train, float64 to check the gradients.
+"""
+import math
+
+import numpy as np
+
+from gpt2 import MINUS_TWO_SQRT_2_OVER_PI, causal_attention, gelu, gpt2, layer_norm, linear, split_heads
+
+TWO_SQRT_2_OVER_PI = -MINUS_TWO_SQRT_2_OVER_PI
+
+
+def rows(x):  # [..., n] -> [n_rows, n]
+    return x.reshape(-1, x.shape[-1])
+
+
+def gelu_backward(dy, x):  # [..., n], [..., n] -> [..., n]
+    """Undoes gelu: y = x s(x), s = 1 / (1 + exp(-2 sqrt(2/pi) (x + 0.044715 x^3))), a logistic curve.
+    dx = dy (s + x s (1 - s) 2 sqrt(2/pi) (1 + 3 0.044715 x^2)), as s' = s (1 - s) times the inner derivative."""
+    x2 = x * x
+    s = x2 * (0.044715 * MINUS_TWO_SQRT_2_OVER_PI)
+    s += MINUS_TWO_SQRT_2_OVER_PI
+    s *= x
+    np.minimum(s, 80, out=s)  # as gelu does: exp stays finite, and s is 0 to float precision there
+    np.exp(s, out=s)
+    s += 1
+    np.reciprocal(s, out=s)  # s
+    x2 *= 3 * 0.044715 * TWO_SQRT_2_OVER_PI
+    x2 += TWO_SQRT_2_OVER_PI
+    x2 *= x  # x 2 sqrt(2/pi) (1 + 3 0.044715 x^2)
+    x2 *= 1 - s
+    x2 += 1
+    x2 *= s  # gelu'(x) = s (1 + (1 - s) x 2 sqrt(2/pi) (1 + 3 0.044715 x^2))
+    x2 *= dy
+    return x2
+
+
+def softmax_backward(dy, y, out=None):  # [..., n], [..., n] -> [..., n]
+    """Undoes softmax along the last axis, given its output y: dx = y (dy - sum(dy y)).
+    out=dy overwrites dy instead of making a new array, for the big attention weights."""
+    dx = np.subtract(dy, np.einsum("...i,...i->...", dy, y)[..., None], out=out)
+    dx *= y
+    return dx
+
+
+def layer_norm_backward(dy, x, g, b, eps=1e-5):  # [..., n_embd] x2, [n_embd] x2 -> [..., n_embd], {g, b}
+    """Undoes layer_norm: y = xhat g + b, xhat = (x - mean(x)) / sqrt(var(x) + eps), along the last axis.
+    dg = sum over rows of dy xhat, db = sum over rows of dy,
+    dx = (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) / sqrt(var(x) + eps), where dxhat = dy g.
+    The means of dxhat and dxhat xhat are matrix-vector products with g (speed: one BLAS call each)."""
+    n = x.shape[-1]
+    xhat = x - x.sum(axis=-1, keepdims=True) / n  # recomputed from x, as layer_norm does: keeping it costs memory
+    rstd = 1 / np.sqrt(np.square(xhat).sum(axis=-1, keepdims=True) / n + eps)
+    xhat *= rstd
+    dy_xhat = dy * xhat
+    grads = {"g": rows(dy_xhat).sum(axis=0), "b": rows(dy).sum(axis=0)}
+    dx = dy * g
+    dx -= (rows(dy) @ (g / n)).reshape(rstd.shape)  # mean(dxhat)
+    xhat *= (rows(dy_xhat) @ (g / n)).reshape(rstd.shape)  # xhat mean(dxhat xhat)
+    dx -= xhat
+    dx *= rstd
+    return dx, grads
+
+
+def linear_backward(dy, x, w, b=None):  # [..., m, out], [..., m, in], [in, out], [out] -> [..., m, in], {w, b}
+    """Undoes linear: y = x w + b.  dx = dy w^T,  dw = x^T dy,  db = dy summed over rows."""
+    grads = {"w": rows(x).T @ rows(dy)}
+    if b is not None:
+        grads["b"] = rows(dy).sum(axis=0)
+    return (rows(dy) @ w.T).reshape(x.shape), grads
+
+
+def ffn_forward(x, c_fc, c_proj):  # [..., n_seq, n_embd] -> [..., n_seq, n_embd], kept
+    """gpt2.ffn, also returning what ffn_backward needs: its input x and the hidden layer h before gelu."""
+    h = linear(x, **c_fc)
+    return linear(gelu(h), **c_proj), {"x": x, "h": h}
+
+
+def ffn_backward(dy, kept, c_fc, c_proj):  # [..., n_seq, n_embd], ffn_forward's kept -> dx, {c_fc, c_proj}
+    """Undoes ffn: y = linear(gelu(h), c_proj), h = linear(x, c_fc), one backward after the other.
+    gelu(h) is computed again rather than kept (memory: 4 n_embd numbers per position and layer)."""
+    h = kept.pop("h")
+    da, d_proj = linear_backward(dy, gelu(h), **c_proj)
+    dx, d_fc = linear_backward(gelu_backward(da, h), kept.pop("x"), **c_fc)
+    return dx, {"c_fc": d_fc, "c_proj": d_proj}
+
+
+def attention_backward(dy, q, k, v, weights):  # [..., n_q, d_head], q k v as attention's, its weights
+    """Undoes attention: y = w v, w = softmax(q k^T / sqrt(d_head) + mask), given w (the mask is a constant).
+    dv = w^T dy,  ds = softmax_backward(dy v^T, w),  dq = ds k / sqrt(d_head),  dk = ds^T q / sqrt(d_head).
+    Returns dq, dk, dv."""
+    scale = 1 / math.sqrt(q.shape[-1])
+    dv = weights.swapaxes(-1, -2) @ dy
+    ds = dy @ v.swapaxes(-1, -2)  # [..., n_q, n_k]
+    softmax_backward(ds, weights, out=ds)
+    dq = ds @ k
+    dq *= scale  # on dq, not on ds: fewer numbers
+    return dq, ds.swapaxes(-1, -2) @ (q * scale), dv
+
+
+def mha_forward(x, c_attn, c_proj, n_head):  # [..., n_seq, n_embd] -> [..., n_seq, n_embd], kept
+    """gpt2.mha without a cache, also returning what mha_backward needs: its input x, the c_attn output qkv,
+    each query block's attention weights, and the heads side by side (c_proj's input)."""
+    *batch, n_seq, n_embd = x.shape
+    qkv = linear(x, **c_attn)
+    weights = []
+    heads = causal_attention(*split_heads(qkv, n_head), kept=weights)
+    return linear(heads.reshape(*batch, n_seq, n_embd), **c_proj), {"x": x, "qkv": qkv, "weights": weights,
+                                                                     "heads": heads}
+
+
+def mha_backward(dy, kept, c_attn, c_proj, n_head):  # [..., n_seq, n_embd], mha_forward's kept -> dx, {c_attn, c_proj}
+    """Undoes mha: y = linear(heads, c_proj), heads = causal_attention(q, k, v), q, k, v = linear(x, c_attn).
+    Each query block of causal_attention goes through attention_backward; a block's queries are its own, its
+    keys and values are all positions up to its last, so dq is written block by block and dk, dv add up."""
+    heads = kept.pop("heads")
+    dheads, d_proj = linear_backward(dy, heads.reshape(dy.shape), **c_proj)
+    dheads = dheads.reshape(heads.shape).swapaxes(-3, -2)  # [..., n_head, n_seq, d_head], as causal_attention's
+    qkv = kept.pop("qkv")
+    q, k, v = split_heads(qkv, n_head)
+    dqkv = np.zeros_like(qkv)  # written through the same views as q, k, v
+    dq, dk, dv = split_heads(dqkv, n_head)
+    for weights in kept.pop("weights"):
+        stop = weights.shape[-1]  # without a cache, a block's last query sees the keys up to its own position
+        start = stop - weights.shape[-2]
+        dq_block, dk_block, dv_block = attention_backward(dheads[..., start:stop, :], q[..., start:stop, :],
+                                                          k[..., :stop, :], v[..., :stop, :], weights)
+        dq[..., start:stop, :] = dq_block
+        dk[..., :stop, :] += dk_block
+        dv[..., :stop, :] += dv_block
+    dx, d_attn = linear_backward(dqkv, kept.pop("x"), **c_attn)
+    return dx, {"c_attn": d_attn, "c_proj": d_proj}
+
+
+def transformer_block_forward(x, mlp, attn, ln_1, ln_2, n_head):  # [..., n_seq, n_embd] -> same, kept
+    """gpt2.transformer_block without a cache, also returning what transformer_block_backward needs."""
+    y, kept_attn = mha_forward(layer_norm(x, **ln_1), **attn, n_head=n_head)
+    x_mid = x + y
+    y, kept_mlp = ffn_forward(layer_norm(x_mid, **ln_2), **mlp)
+    return x_mid + y, {"x": x, "attn": kept_attn, "x_mid": x_mid, "mlp": kept_mlp}
+
+
+def transformer_block_backward(dy, kept, mlp, attn, ln_1, ln_2, n_head):  # -> dx, {mlp, attn, ln_1, ln_2}
+    """Undoes transformer_block: x_mid = x + mha(layer_norm(x, ln_1)), y = x_mid + ffn(layer_norm(x_mid, ln_2)).
+    A residual connection passes its gradient on unchanged, and its branch's gradient is added to it:
+    dx_mid = dy + (ffn and ln_2 backward of dy),  dx = dx_mid + (mha and ln_1 backward of dx_mid)."""
+    da, d_mlp = ffn_backward(dy, kept.pop("mlp"), **mlp)
+    dx_mid, d_ln_2 = layer_norm_backward(da, kept.pop("x_mid"), **ln_2)
+    dx_mid += dy
+    da, d_attn = mha_backward(dx_mid, kept.pop("attn"), **attn, n_head=n_head)
+    dx, d_ln_1 = layer_norm_backward(da, kept.pop("x"), **ln_1)
+    dx += dx_mid
+    return dx, {"mlp": d_mlp, "attn": d_attn, "ln_1": d_ln_1, "ln_2": d_ln_2}
+
+
+def gpt2_forward(inputs, wte, wpe, blocks, ln_f, n_head):  # [..., n_seq] -> [..., n_seq, n_vocab], kept
+    """gpt2.gpt2 without a cache, also returning what gpt2_backward needs: every block's kept tensors, the
+    last residual x and its layer norm a (the output projection's input). Its logits are gpt2()'s, bit for bit."""
+    x = wte[inputs] + wpe[:inputs.shape[-1]]
+    kept_blocks = []
+    for block in blocks:
+        x, kept = transformer_block_forward(x, **block, n_head=n_head)
+        kept_blocks.append(kept)
+    a = layer_norm(x, **ln_f)
+    return linear(a, wte.T), {"blocks": kept_blocks, "x": x, "a": a}
+
+
+def gpt2_backward(dy, kept, inputs, wte, wpe, blocks, ln_f, n_head):  # [..., n_seq, n_vocab] -> grads like params
+    """Undoes gpt2: logits = a wte^T with a = layer_norm(x, ln_f) after the blocks, x = wte[inputs] + wpe[:n_seq].
+    The tied wte gets both its gradients: dwte = dy^T a as the output projection, plus each position's dx added
+    to its token's row as the embedding; dwpe[:n_seq] = dx summed over the batch (later rows 0).
+    Returns the gradients of every parameter, in a dict shaped like the parameters."""
+    dwte = rows(dy).T @ rows(kept.pop("a"))  # the output projection
+    dx, d_ln_f = layer_norm_backward((rows(dy) @ wte).reshape(*dy.shape[:-1], -1), kept.pop("x"), **ln_f)
+    d_blocks = []
+    for block in reversed(blocks):
+        dx, d_block = transformer_block_backward(dx, kept["blocks"].pop(), **block, n_head=n_head)
+        d_blocks.insert(0, d_block)
+    np.add.at(dwte, inputs, dx)  # the embedding: a token that occurs twice gets both its positions' gradients
+    dwpe = np.zeros_like(wpe)
+    dwpe[:inputs.shape[-1]] = dx.reshape(-1, *dx.shape[-2:]).sum(axis=0)
+    return {"wte": dwte, "wpe": dwpe, "blocks": d_blocks, "ln_f": d_ln_f}
+
+
+def cross_entropy(logits, targets):  # [..., n_seq, n_vocab], [..., n_seq] -> float, probs
+    """The mean over positions of -log softmax(logits)[target] = log(sum(exp(logits))) - logits[target], in nats
+    (logits minus their max first, so that exp cannot overflow). Also returns softmax(logits), which
+    cross_entropy_backward needs, written over the logits (memory: n_vocab numbers per position)."""
+    e, targets = rows(logits), targets.reshape(-1)
+    e -= e.max(axis=-1, keepdims=True)
+    target_logits = e[np.arange(len(targets)), targets]
+    np.exp(e, out=e)
+    sums = e.sum(axis=-1, keepdims=True)
+    loss = float(np.mean(np.log(sums[:, 0], dtype=np.float64) - target_logits))
+    e /= sums
+    return loss, e.reshape(logits.shape)
+
+
+def cross_entropy_backward(probs, targets):  # [..., n_seq, n_vocab], [..., n_seq] -> [..., n_seq, n_vocab]
+    """Undoes cross_entropy: dlogits = (softmax(logits) - onehot(target)) / n_rows, written over probs."""
+    d, targets = rows(probs), targets.reshape(-1)
+    d *= 1 / len(targets)
+    d[np.arange(len(targets)), targets] -= 1 / len(targets)
+    return probs
+
+
+def loss_and_grads(inputs, targets, params, n_head):  # [..., n_seq] x2 -> float, grads like params
+    """The mean cross-entropy (nats) of predicting targets from inputs, and its gradient with respect to every
+    parameter, as a dict shaped like params (same keys, shapes and dtype).
+
+    inputs, targets: token ids, [n_seq] or [n_batch, n_seq]; targets are usually the inputs shifted by one.
+    Computes in params' dtype (float32, or float64 to check the gradients) and never writes into params.
+    """
+    inputs, targets = check_batch(inputs, targets, params)
+    logits, kept = gpt2_forward(inputs, **params, n_head=n_head)
+    loss, probs = cross_entropy(logits, targets)
+    del logits  # the same array as probs, and soon as the gradient
+    return loss, gpt2_backward(cross_entropy_backward(probs, targets), kept, inputs, **params, n_head=n_head)
+
+
+def check_batch(inputs, targets, params):
+    """inputs and targets as integer arrays, or a ValueError that says what is wrong with them."""
+    inputs, targets = np.asarray(inputs), np.asarray(targets)
+    n_vocab, n_ctx = params["wte"].shape[0], params["wpe"].shape[0]
+    if params["wte"].dtype not in (np.float32, np.float64):
+        raise ValueError(f"params must be float32 or float64, not {params['wte'].dtype}")
+    for name, ids in (("inputs", inputs), ("targets", targets)):
+        if ids.size and not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"{name} must be token ids (integers), not {ids.dtype}")
+        if ids.ndim not in (1, 2) or not 1 <= ids.shape[-1] <= n_ctx:
+            raise ValueError(f"{name} must be [n_seq] or [n_batch, n_seq] with 1 <= n_seq <= {n_ctx} (the "
+                             f"context), not of shape {ids.shape}")
+        if ids.size and not (0 <= ids.min() and ids.max() < n_vocab):
+            raise ValueError(f"{name} must be token ids from 0 to {n_vocab - 1}, not {ids.min()} to {ids.max()}")
+    if inputs.shape != targets.shape:
+        raise ValueError(f"inputs {inputs.shape} and targets {targets.shape} must have the same shape")
+    return inputs.astype(np.int64), targets.astype(np.int64)
+
+
+def tree_map(fn, *trees):
+    """fn applied to the arrays at the same place in trees shaped like params, as a tree of that shape."""
+    if isinstance(trees[0], dict):
+        return {key: tree_map(fn, *(tree[key] for tree in trees)) for key in trees[0]}
+    if isinstance(trees[0], list):
+        return [tree_map(fn, *branches) for branches in zip(*trees, strict=True)]
+    return fn(*trees)
+
+
+def leaves(tree):
+    """The arrays of a tree shaped like params, in one fixed order (keys sorted, blocks in turn)."""
+    if isinstance(tree, dict):
+        return [leaf for key in sorted(tree) for leaf in leaves(tree[key])]
+    if isinstance(tree, list):
+        return [leaf for branch in tree for leaf in leaves(branch)]
+    return [tree]
+
+
+def writable_copy(params):
+    """params as new writable arrays, for training in place (the loader's arrays are read-only views)."""
+    return tree_map(np.array, params)
+
+
+def adamw_state(params):
+    """AdamW's state before the first step: the step count and two moments shaped like params, all zero.
+    Only arrays and an int, so that saving and loading it makes a resumed run repeat exactly."""
+    return {"step": 0, "m": tree_map(lambda p: np.zeros(p.shape, p.dtype), params),
+            "v": tree_map(lambda p: np.zeros(p.shape, p.dtype), params)}
+
+
+ADAMW_CHUNK = 1 << 16  # numbers of a tensor updated at once: p, g, m, v and the temporaries stay in the CPU cache
+
+
+def global_norm(grads):
+    """sqrt of the sum of every gradient's squares: the length of all gradients as one vector. Summed in
+    float64 a piece at a time (a float32 sum over millions of numbers would be off in the 5th digit)."""
+    total = 0.0
+    for g in leaves(grads):
+        g = g.reshape(-1)
+        for i in range(0, len(g), ADAMW_CHUNK):
+            part = g[i:i + ADAMW_CHUNK].astype(np.float64)
+            total += float(part @ part)
+    return math.sqrt(total)
+
+
+def adamw(params, grads, state, lr, weight_decay=0.0, max_norm=None, beta1=0.9, beta2=0.999, eps=1e-8):
+    """One AdamW step (Loshchilov and Hutter, "Decoupled weight decay regularization"), in place on params and
+    state. Returns the gradients' global norm before clipping.
+
+    With t = state["step"] + 1, the gradients first clipped to a global norm of at most max_norm
+    (g *= max_norm / (norm + 1e-6) when norm > max_norm, as PyTorch's clip_grad_norm_), each parameter p does
+        m = beta1 m + (1 - beta1) g            v = beta2 v + (1 - beta2) g^2
+        p = p - lr (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps) - lr weight_decay p
+    where the weight decay applies only to the matrices and embeddings (ndim >= 2), not to biases and
+    layer-norm gains, as nanoGPT does. params must be writable (see writable_copy).
+    """
+    norm = global_norm(grads)
+    clip = max_norm / (norm + 1e-6) if max_norm is not None and norm > max_norm else 1.0
+    state["step"] += 1
+    t = state["step"]
+    for p, g, m, v in zip(leaves(params), leaves(grads), leaves(state["m"]), leaves(state["v"]), strict=True):
+        decay = weight_decay if p.ndim >= 2 else 0.0
+        p, g, m, v = p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)  # views: in place
+        for i in range(0, len(p), ADAMW_CHUNK):
+            part = slice(i, i + ADAMW_CHUNK)
+            adamw_update(p[part], g[part], m[part], v[part], lr, decay, clip, beta1 ** t, beta2 ** t, beta1, beta2,
+                         eps)
+    return norm
+
+
+def adamw_update(p, g, m, v, lr, decay, clip, beta1_t, beta2_t, beta1, beta2, eps):  # [n] x4, in place
+    """adamw's update of one piece of one parameter; beta1_t, beta2_t are beta1^t, beta2^t."""
+    g = g * clip
+    m *= beta1
+    m += (1 - beta1) * g
+    g *= g
+    v *= beta2
+    v += (1 - beta2) * g
+    step = np.divide(v, 1 - beta2_t, out=g)
+    np.sqrt(step, out=step)
+    step += eps
+    np.divide(m, step, out=step)  # m / (sqrt(v / (1 - beta2^t)) + eps)
+    if decay:
+        p *= 1 - lr * decay
+    step *= lr / (1 - beta1_t)
+    p -= step
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning on a text: random windows of it, a step, the validation loss
+
+
+def get_batch(tokens, batch_size, seq_len, rng):  # [n_tokens] -> inputs, targets: [batch_size, seq_len] each
+    """batch_size windows of seq_len + 1 tokens, each starting at a random place of the text: a window's
+    first seq_len tokens are the inputs and its last seq_len the targets, so every position predicts the next."""
+    starts = rng.integers(0, len(tokens) - seq_len, batch_size)  # the last window ends on the last token
+    windows = tokens[starts[:, None] + np.arange(seq_len + 1)]
+    return windows[:, :-1], windows[:, 1:]
+
+
+def learning_rate(step, lr, warmup):
+    """The rate of the step-th step (from 1): rising linearly to lr over the first `warmup` steps, then lr.
+    It never depends on how many steps there will be, so a run that goes on later is the same run."""
+    return lr * min(1.0, step / warmup) if warmup else lr
+
+
+def train_step(params, state, tokens, rng, n_head, batch_size, seq_len, lr, accumulate=1, weight_decay=0.0,
+               max_norm=None):
+    """One AdamW step on the mean gradient of `accumulate` batches drawn from tokens, in place on params
+    and state. Returns (the batches' mean loss, the gradients' global norm before clipping).
+    FloatingPointError if either is not finite: params must then not be used (nor saved)."""
+    loss, grads = 0.0, None
+    for _ in range(accumulate):
+        batch_loss, batch_grads = loss_and_grads(*get_batch(tokens, batch_size, seq_len, rng), params, n_head)
+        loss += batch_loss / accumulate
+        grads = batch_grads if grads is None else tree_map(lambda g, h: np.add(g, h, out=g), grads, batch_grads)
+    if accumulate > 1:
+        tree_map(lambda g: np.multiply(g, 1 / accumulate, out=g), grads)
+    norm = adamw(params, grads, state, lr, weight_decay, max_norm)
+    if not (math.isfinite(loss) and math.isfinite(norm)):
+        raise FloatingPointError(f"the loss is {loss} and the gradients' norm {norm}")
+    return loss, norm
+
+
+def eval_windows(tokens, seq_len, max_windows):  # [n_tokens] -> [n_windows, seq_len + 1]
+    """Windows of seq_len + 1 tokens side by side over the text (overlapping by one token, so that every
+    token but the first is predicted once), at most max_windows of them, spread evenly over the text:
+    the same windows at every evaluation, so that the validation losses of a run compare."""
+    starts = np.arange(0, len(tokens) - seq_len, seq_len)
+    if len(starts) > max_windows:
+        starts = starts[np.linspace(0, len(starts) - 1, max_windows).round().astype(int)]
+    return tokens[starts[:, None] + np.arange(seq_len + 1)]
+
+
+def evaluate(windows, params, n_head, batch_size):  # [n_windows, seq_len + 1] -> mean loss
+    """The mean cross-entropy over every position of the windows, a batch of them at a time, forward only."""
+    total = 0.0
+    for i in range(0, len(windows), batch_size):
+        batch = windows[i:i + batch_size]
+        loss, _ = cross_entropy(gpt2(batch[:, :-1], **params, n_head=n_head), batch[:, 1:])
+        total += loss * len(batch)
+    return total / len(windows)
+
+
+if __name__ == "__main__":  # python train.py --data my_text.txt: the command line lives in cli.py
+    from cli import train_command
+
+    train_command()
