@@ -13,7 +13,7 @@ import numpy as np
 import gpt2
 from gpt2 import EOT
 
-GPT2_TEXT_FLAGS = ("prompt", "model_size", "models_dir", "prompt_file")  # taken verbatim, never as numbers
+GPT2_TEXT_FLAGS = ("prompt", "model_size", "models_dir", "model_dir", "prompt_file")  # taken verbatim, never as numbers
 TOKEN_LINES = 256  # --score prints a line per token up to this many tokens, and beyond it only with --tokens
 GENERATION_FLAGS = ("n_tokens_to_generate", "temperature", "top_k", "top_p", "seed", "ignore_eos", "n_samples")
 
@@ -98,6 +98,9 @@ def check_gpt2_flags(flags):
     if flags["each_line"] and flags["tokens"]:
         raise ValueError("--each_line prints a row per line, not per token: leave out --tokens")
     given = given_flags(gpt2_main, flags)
+    if flags["model_dir"] is not None:
+        refuse([name for name in given if name in ("model_size", "models_dir")], ("does not go", "do not go"),
+               "with --model_dir, which names the model folder itself")
     if flags["score"]:
         refuse([name for name in given if name in GENERATION_FLAGS], ("is", "are"),
                "for generating; --score reads the prompt only")
@@ -210,19 +213,21 @@ def print_line_scores(text, encoder, params, n_head, stride=None):
 # ---------------------------------------------------------------------------------------------
 # The commands
 
-def gpt2_main(prompt=None, n_tokens_to_generate=40, model_size="124M", models_dir="models", temperature=0.0,
-              top_k=None, top_p=None, seed=None, ignore_eos=False, score=False, stride=None, tokens=False,
-              prompt_file=None, n_samples=None, each_line=False):
+def gpt2_main(prompt=None, n_tokens_to_generate=40, model_size="124M", models_dir="models", model_dir=None,
+              temperature=0.0, top_k=None, top_p=None, seed=None, ignore_eos=False, score=False, stride=None,
+              tokens=False, prompt_file=None, n_samples=None, each_line=False):
     """Print GPT-2's continuation of a prompt as it is generated, and return it.
 
-    Downloads OpenAI's checkpoint into models_dir/model_size on first use. With --score, print
-    how likely the model finds the prompt instead (per token, total, perplexity).
+    Downloads OpenAI's checkpoint into models_dir/model_size on first use, or uses the folder
+    --model_dir as it is. With --score, print how likely the model finds the prompt instead
+    (per token, total, perplexity).
 
     Args:
         prompt: the text to continue or score, given first, in quotes; "" starts from <|endoftext|>
         n_tokens_to_generate: how many tokens to add (fewer if the model writes <|endoftext|>)
         model_size: 124M, 355M, 774M or 1558M
         models_dir: where model folders are kept, relative to the current directory
+        model_dir: a model folder to use as it is, e.g. one train.py wrote; nothing is downloaded
         temperature: 0 is greedy; above 0, sample from softmax(logits / temperature)
         top_k: sample only among the k likeliest tokens
         top_p: then only among the fewest likeliest tokens whose probabilities sum to p
@@ -241,7 +246,7 @@ def gpt2_main(prompt=None, n_tokens_to_generate=40, model_size="124M", models_di
     text = prompt if prompt_file is None else read_text(prompt_file, "--prompt_file")
     if score and not text:
         raise ValueError("there is nothing to score: give a prompt")
-    encoder, hparams, params = load_encoder_hparams_and_params(model_size, models_dir)
+    encoder, hparams, params = load_encoder_hparams_and_params(model_size, models_dir, model_dir)
     n_head, stop_id = hparams["n_head"], None if ignore_eos else EOT
     if stride is not None:
         gpt2.check_stride(stride, hparams["n_ctx"], flag="--")

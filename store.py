@@ -1,4 +1,4 @@
-"""The model store: OpenAI's files fetched into a model folder, whole or not at all, one process at a time.
+"""The model store: files fetched or saved into a model folder, whole or not at all, one process at a time.
 
 A download never leaves a file that looks whole but is not: bytes go to a ".part" file that is
 renamed into place only once its length (and MD5, where the server sends one) is right, and an
@@ -6,14 +6,24 @@ interrupted download resumes where it stopped. A file found damaged later (say, 
 by hand) is set aside and fetched again (set_aside). Processes that start at once on the same
 folder take turns (folder_lock).
 
+A save (save_files) replaces several files at once, so that a process killed at any moment leaves
+the previous save or the new one, never a mix. The new files are written into the folder
+`.saving` inside the model folder and synced; then a commit record `.saving/.commit`, listing
+them, appears in one rename: that is the moment the save happens. Only then are the files moved
+into place. A save cut short before its commit is deleted; one cut short after it is moved into
+place. finish_interrupted_save does either, and every reader and writer of a folder calls it
+first (settled_folder).
+
 Every error a user can meet here is an OSError or ValueError with a message that says what to do.
 """
 import base64
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import re
+import shutil
 import sys
 import time
 
@@ -26,7 +36,9 @@ REQUIRED_FILES = ("hparams.json", "encoder.json", "vocab.bpe", INDEX_FILE, DATA_
 # What OpenAI publishes: also `checkpoint` (which names the prefix) and model.ckpt.meta (the TF
 # graph). Neither is read here, but a download brings all seven, so the folder stays TensorFlow's.
 FILENAMES = ("checkpoint", "encoder.json", "hparams.json", DATA_FILE, INDEX_FILE, "model.ckpt.meta", "vocab.bpe")
-LOCK_FILE = ".lock"  # held while a process fetches or checks the folder's files
+LOCK_FILE = ".lock"  # held while a process fetches, checks or saves the folder's files
+SAVING_DIR = ".saving"  # a save's new files, until they are in place
+COMMIT_FILE = ".commit"  # in SAVING_DIR: the save is whole; the names of its files
 LOCK_HELD = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES}  # what flock and msvcrt say when another process has it
 RETRIES = 3  # failed tries in a row before giving up, waiting 0.5, 1, 2 s between them
 CHUNK = 1 << 20
@@ -284,3 +296,121 @@ def set_aside(path, resume):
         if os.path.exists(part):
             os.remove(part)
 
+
+# ---------------------------------------------------------------------------------------------
+# Saves: several files replaced at once
+
+def save_files(model_dir, write, stale=()):
+    """Replace files of model_dir (made if needed) all at once: write(folder) writes the new
+    files into an empty folder; once it returns, they take the place of the files of the same
+    names in model_dir, or, if the process dies first, none does. Files of model_dir that the
+    save does not write are left as they are, except the names in `stale` (records about the
+    old files, such as a checksum marker), deleted before anything is written."""
+    os.makedirs(model_dir, exist_ok=True)
+    with settled_folder(model_dir):
+        for name in stale:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(model_dir, name))
+        saving = os.path.join(model_dir, SAVING_DIR)
+        os.mkdir(saving)
+        try:
+            write(saving)
+            commit(saving)
+        except BaseException:  # Ctrl-C or a full disk: nothing has moved yet, so the old save stands
+            shutil.rmtree(saving, ignore_errors=True)
+            raise
+        finish_interrupted_save(model_dir)  # moves the files into place, as after a crash
+
+
+def commit(saving):
+    """Sync every file written into the folder `saving`, then record their names in its commit
+    record, which appears whole or not at all (written under another name, then renamed)."""
+    names = sorted(os.listdir(saving))
+    for name in names:
+        check_file_name(name)
+        sync_file(os.path.join(saving, name))
+    sync_folder(saving)
+    record = os.path.join(saving, COMMIT_FILE)
+    with open(record + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(names, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(record + ".tmp", record)
+    sync_folder(saving)
+
+
+def finish_interrupted_save(model_dir):
+    """Leave model_dir holding one whole save after a process died saving into it: a save that
+    had committed is moved into place (what is left of it), one that had not is deleted. Safe to
+    run again, or to be killed in: each step leaves a state it finishes from. The caller holds
+    folder_lock(model_dir) (settled_folder does both)."""
+    saving = os.path.join(model_dir, SAVING_DIR)
+    if not os.path.isdir(saving):
+        return
+    names = committed_names(saving)
+    if names is not None:
+        for name in names:
+            new = os.path.join(saving, name)
+            if os.path.exists(new):  # not moved yet
+                os.replace(new, os.path.join(model_dir, name))
+        sync_folder(model_dir)
+        os.remove(os.path.join(saving, COMMIT_FILE))
+    shutil.rmtree(saving)
+
+
+def committed_names(saving):
+    """The file names in the commit record of the folder `saving`, or None if it has none."""
+    record = os.path.join(saving, COMMIT_FILE)
+    try:
+        with open(record, encoding="utf-8") as f:
+            names = json.load(f)
+        if not isinstance(names, list):
+            raise ValueError
+        for name in names:
+            check_file_name(name)
+    except FileNotFoundError:
+        return None
+    except ValueError:  # only damage to the disk can make it so: a record appears whole or not at all
+        raise ValueError(f"{record} is damaged, so it is unknown whether the save in {saving} is whole: look at "
+                         f"its files, move them into {os.path.dirname(saving)} or delete them, then delete "
+                         f"{saving}") from None
+    return names
+
+
+@contextlib.contextmanager
+def settled_folder(model_dir):
+    """folder_lock(model_dir), then any save cut short in it finished: how every reader and
+    writer of a model folder begins."""
+    with folder_lock(model_dir):
+        finish_interrupted_save(model_dir)
+        yield
+
+
+def check_file_name(name):
+    """A save's files are plain names in the folder: no path, nothing hidden (the lock, the
+    save's own folder and record)."""
+    if not isinstance(name, str) or not name or name.startswith(".") or "/" in name or "\\" in name:
+        raise ValueError(f"{name!r} is not a plain file name (no folder, not starting with '.')")
+
+
+def sync_file(path):
+    """Make sure a file's bytes are on disk, not only in the operating system's cache."""
+    fd = os.open(path, os.O_RDWR)  # Windows syncs only a file open for writing
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_folder(path):
+    """Make sure the names in a folder (files created, renamed, deleted) are on disk. Windows
+    cannot open a folder to sync it (NTFS journals renames anyway); some file systems refuse."""
+    if os.name == "nt":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,21 +1,26 @@
-"""The GPT-2 loader: a model folder -> (encoder, hparams, params), joining the model store
-(store.py: downloads, the folder lock) and the checkpoint format (tf_checkpoint.py).
+"""The GPT-2 loader and saver: a model folder <-> (encoder, hparams, params), joining the model
+store (store.py: downloads, atomic saves, the folder lock) and the checkpoint format (tf_checkpoint.py).
 
 Here the checkpoint's tensors become GPT-2's parameter tree, and everything is checked against
 the model it claims to be: hparams.json, the index's names and shapes, the data file's length,
 and each tensor's CRC32C once per version of the data file (verified.json remembers it). A file
-found damaged is set aside and fetched again. Every error a user can meet is a ValueError or
-OSError with a message that says what to do; the CLI prints it as one line.
+of OpenAI's found damaged is set aside and fetched again; in a folder given as model_dir (one a
+fine-tune saved, say), which is used as it is, it is an error. save_model_folder writes the
+parameter tree back as OpenAI's files. Every error a user can meet is a ValueError or OSError
+with a message that says what to do; the CLI prints it as one line.
 """
 import json
 import os
 import re
+import shutil
 import sys
+
+import numpy as np
 
 from encoder import MAX_FILE_BYTES, get_encoder
 import tf_checkpoint
-from store import DATA_FILE, INDEX_FILE, DamagedFile, base_url, check_model_size, download_gpt2_files, folder_lock, \
-    set_aside, where_else
+from store import DATA_FILE, INDEX_FILE, REQUIRED_FILES, DamagedFile, base_url, check_file_name, check_model_size, \
+    download_gpt2_files, save_files, set_aside, settled_folder, where_else
 # Imported from utils before the store and the format had files of their own; they still are.
 from store import BASE_URL, FILENAMES, MODEL_SIZES, download_file  # noqa: F401
 
@@ -24,18 +29,24 @@ OPENAI_SHAPES = {"124M": (12, 768, 12), "355M": (24, 1024, 16), "774M": (36, 128
 VERIFIED_FILE = "verified.json"  # which versions of the checkpoint have passed their checksums
 
 
-def load_encoder_hparams_and_params(model_size, models_dir):
-    """(encoder, hparams, params) for model_size, downloading what models_dir does not have yet.
+def load_encoder_hparams_and_params(model_size="124M", models_dir="models", model_dir=None):
+    """(encoder, hparams, params) for model_size, downloading what models_dir does not have yet;
+    or, given model_dir, from that folder as it is (see load_model_dir).
 
     A file found damaged is named on stderr, set aside and fetched again: a data file that is
     only too short is taken for a cut-off copy and resumed, anything else downloaded afresh.
     Without network, the download error then names it. A file still damaged when downloaded
     afresh is an error: the server's copy is bad."""
+    if model_dir is not None:
+        if (model_size, models_dir) != ("124M", "models"):
+            raise ValueError("give model_dir alone: it names the model folder itself, so model_size and models_dir "
+                             "do not apply")
+        return load_model_dir(model_dir)
     check_model_size(model_size)
     model_dir = os.path.join(models_dir, model_size)
     os.makedirs(model_dir, exist_ok=True)
     refetched = {}  # path -> "resumed" or "fresh"
-    with folder_lock(model_dir):
+    with settled_folder(model_dir):  # a folder a save was cut short in is made whole first
         while True:
             download_gpt2_files(model_size, model_dir)
             try:
@@ -48,6 +59,24 @@ def load_encoder_hparams_and_params(model_size, models_dir):
                 print(f"{e}; {'fetching the rest' if resume else 'fetching it again'}", file=sys.stderr)
                 set_aside(e.path, resume)
                 refetched[e.path] = "resumed" if resume else "fresh"
+
+
+def load_model_dir(model_dir):
+    """(encoder, hparams, params) from a model folder used as it is (one a fine-tune saved, say):
+    nothing is downloaded into it, so a file missing or damaged is an error that names it. A save
+    into it that was cut short is finished first (store.finish_interrupted_save)."""
+    if not os.path.isdir(model_dir):
+        raise ValueError(f"there is no model folder {model_dir}")
+    with settled_folder(model_dir):
+        missing = [name for name in REQUIRED_FILES if not os.path.isfile(os.path.join(model_dir, name))]
+        if missing:
+            raise ValueError(f"{os.path.join(model_dir, missing[0])} is missing, and nothing is downloaded into a "
+                             f"model_dir: a model folder needs {', '.join(REQUIRED_FILES)}")
+        try:
+            return read_model_folder(model_dir)
+        except DamagedFile as e:
+            raise ValueError(f"{e}; nothing is downloaded into a model_dir, so copy a whole one in "
+                             "(or save the model again)") from None
 
 
 def read_model_folder(model_dir, model_size=None):
@@ -192,6 +221,66 @@ def checkpoint_shapes(hparams):
     for i in range(hparams["n_layer"]):
         shapes.update({f"model/h{i}/{name}": shape for name, shape in block.items()})
     return shapes
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving
+
+CHECKPOINT_TEXT = 'model_checkpoint_path: "model.ckpt"\nall_model_checkpoint_paths: "model.ckpt"\n'
+MODEL_FILES = ("checkpoint", *REQUIRED_FILES)  # what save_model_folder writes
+
+
+def save_model_folder(model_dir, params, hparams, vocab_dir, extra_files=None):
+    """Save a GPT-2 into model_dir (made if needed) as OpenAI's files, all at once: a process
+    killed at any moment leaves the previous save or this one (store.save_files).
+
+    params: the parameter tree (conv1d weights [nx, nf]), float32 arrays of hparams' shapes. The
+    checkpoint holds them under OpenAI's names and shapes (conv1d weights [1, nx, nf]), and
+    nothing else, so TensorFlow and any loader of OpenAI's files read it. Files: model.ckpt.index,
+    model.ckpt.data-00000-of-00001, `checkpoint` (naming the prefix relatively, so the folder can
+    move), hparams.json, and encoder.json and vocab.bpe copied from vocab_dir. extra_files:
+    {file name: function(path) that writes the file at path}, saved in the same save (a training
+    state, say). verified.json goes: the next load checks the new checksums."""
+    tensors = checkpoint_tensors(params, hparams)
+    extra_files = dict(extra_files or {})
+    for name in extra_files:
+        check_file_name(name)
+        if name in (*MODEL_FILES, VERIFIED_FILE, "model.ckpt.meta"):
+            raise ValueError(f"{name} is one of the model's own files, not an extra file")
+    save_files(model_dir, lambda folder: write_model_files(folder, tensors, hparams, vocab_dir, extra_files),
+               stale=(VERIFIED_FILE,))
+
+
+def write_model_files(folder, tensors, hparams, vocab_dir, extra_files):
+    """save_model_folder's files, written into folder."""
+    tf_checkpoint.write_checkpoint(os.path.join(folder, INDEX_FILE), os.path.join(folder, DATA_FILE), tensors)
+    with open(os.path.join(folder, "checkpoint"), "w", encoding="utf-8") as f:
+        f.write(CHECKPOINT_TEXT)
+    with open(os.path.join(folder, "hparams.json"), "w", encoding="utf-8") as f:
+        json.dump({name: hparams[name] for name in HPARAMS}, f, indent=2)  # OpenAI's five, in OpenAI's order
+    for name in ("encoder.json", "vocab.bpe"):
+        shutil.copyfile(os.path.join(vocab_dir, name), os.path.join(folder, name))
+    for name, write in extra_files.items():
+        write(os.path.join(folder, name))
+
+
+def checkpoint_tensors(params, hparams):
+    """{OpenAI's variable name: array} of a parameter tree, sorted by name as TensorFlow's Saver
+    writes them, each conv1d weight [nx, nf] seen as [1, nx, nf] (no copy). ValueError unless
+    the tree holds exactly hparams' parameters, each a float32 array of its shape."""
+    flat = flatten(params)
+    tensors = {}
+    for name, shape in sorted(checkpoint_shapes(hparams).items()):
+        array, conv = flat.pop(param_name(name), None), len(shape) == 3
+        want = shape[1:] if conv else shape
+        if not (isinstance(array, np.ndarray) and array.dtype == np.float32 and list(array.shape) == want):
+            kind = getattr(array, "dtype", type(array).__name__)
+            have = "absent" if array is None else f"{kind} {list(np.shape(array))}"
+            raise ValueError(f"params' {param_name(name)} must be a float32 array of shape {want}, not {have}")
+        tensors[name] = array[None] if conv else array
+    if flat:
+        raise ValueError(f"{next(iter(flat))} is not one of GPT-2's parameters")
+    return tensors
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ LN_EPSILON = 1e-5
 MASK_FILL = 1e10  # OpenAI's model pushes masked attention scores down by this much
 
 
-def _tensorflow():
+def tensorflow():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
@@ -128,7 +128,7 @@ def write_model(model_dir, hparams, seed=0):
 def save_tf_checkpoint(prefix, weights):
     """Save {variable name: float32 array} under prefix with TensorFlow 1's Saver, as OpenAI did:
     prefix.index, prefix.data-00000-of-00001 and prefix.meta (the graph)."""
-    tf = _tensorflow()
+    tf = tensorflow()
     # A graph of its own per call. Values go in through placeholders fed at run time, so the
     # saved graph (.meta) holds only small ops, never the weights as constants.
     graph = tf.Graph()
@@ -154,7 +154,7 @@ def reference_logits(model_dir, ids):
 
     Weights are read straight from model_dir's checkpoint, hyperparameters from hparams.json.
     """
-    tf = _tensorflow()
+    tf = tensorflow()
     model_dir = os.fspath(model_dir)
     with open(os.path.join(model_dir, "hparams.json")) as f:
         hp = json.load(f)
@@ -212,3 +212,26 @@ def tf_attention(tf, x, p, n_head):
 
 def tf_mlp(tf, x, p):
     return tf_conv1d(tf, tf_gelu(tf, tf_conv1d(tf, x, p, "mlp/c_fc")), p, "mlp/c_proj")
+
+
+def random_bits(shape, rng):
+    """float32 arrays of random bit patterns: every sign, exponent and NaN payload, so that
+    "bit-identical" is tested on every bit."""
+    return rng.integers(0, 1 << 32, size=shape, dtype=np.uint32).view(np.float32)
+
+
+def bits(array):
+    """An array's float32 values as their bits in C order (NaNs compare equal as bits)."""
+    return np.ascontiguousarray(array, dtype="<f4").view(np.uint32)
+
+
+def assert_tensorflow_reads(prefix, tensors):
+    """tf.train.load_checkpoint reads exactly these names, shapes, dtype and bits at prefix (it
+    checks the index blocks' CRCs, and each tensor's CRC32C as it reads it)."""
+    tf = tensorflow()
+    reader = tf.train.load_checkpoint(prefix)
+    shapes, dtypes = reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map()
+    assert sorted(shapes) == sorted(tensors)
+    for name, array in tensors.items():
+        assert shapes[name] == list(array.shape) and dtypes[name] == tf.float32, name
+        assert np.array_equal(bits(reader.get_tensor(name)), bits(array)), name
