@@ -1,24 +1,29 @@
-"""The command lines of gpt2.py and utils.py: flags checked once, prompt files read, results printed, errors shown as one line.
+"""The command lines of gpt2.py, train.py and utils.py: flags checked once, texts read, progress shown, results printed and saved, errors shown as one line.
 
 Each check is a small function used wherever it applies; the model's own checks (gpt2.check_*)
-are called with flag="--" so that their messages name the flags. run() gives every command the
+are called with flag="--" so that their messages name the flags. run_command() gives every command the
 same ending: an `error: ...` line and exit code 1 for a ValueError or OSError, 130 for Ctrl-C.
 """
 import codecs
+import hashlib
 import inspect
+import json
+import os
 import sys
+import time
 
 import numpy as np
 
 import gpt2
 from gpt2 import EOT
+from store import MODEL_SIZES
 
 GPT2_TEXT_FLAGS = ("prompt", "model_size", "models_dir", "model_dir", "prompt_file")  # taken verbatim, never as numbers
 TOKEN_LINES = 256  # --score prints a line per token up to this many tokens, and beyond it only with --tokens
 GENERATION_FLAGS = ("n_tokens_to_generate", "temperature", "top_k", "top_p", "seed", "ignore_eos", "n_samples")
 
 
-def run(main, text_flags=()):
+def run_command(main, text_flags=()):
     """Run main(**flags) as this process's command line, with fire.
 
     text_flags: the flags to take verbatim (fire would turn "1e3" into a number). A lone "-" after a flag is that flag's value (stdin), not fire's separator. Results are
@@ -32,6 +37,7 @@ def run(main, text_flags=()):
         else:
             argv.append(arg)
     try:
+        check_text_values(argv, text_flags)
         fire.Fire(fire.decorators.SetParseFns(**dict.fromkeys(text_flags, str))(main), command=argv, serialize=lambda result: None)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -44,6 +50,13 @@ def run(main, text_flags=()):
 
 # ---------------------------------------------------------------------------------------------
 # Checks of flags, each written once
+
+def check_text_values(argv, text_flags):
+    """A text flag given without its value: fire would pass the text "True" (a folder named True, say)."""
+    for arg, following in zip(argv, [*argv[1:], None]):
+        if arg.startswith("--") and arg[2:] in text_flags and (following is None or following.startswith("--")):
+            raise ValueError(f"{arg} needs a value")
+
 
 def given_flags(main, flags):
     """The names of the flags whose values differ from main's defaults, in main's order."""
@@ -264,7 +277,7 @@ def gpt2_main(prompt=None, n_tokens_to_generate=40, model_size="124M", models_di
 
 
 def gpt2_command():
-    run(gpt2_main, GPT2_TEXT_FLAGS)
+    run_command(gpt2_main, GPT2_TEXT_FLAGS)
 
 
 def print_params(model_size="124M", models_dir="models"):
@@ -283,4 +296,374 @@ def print_params(model_size="124M", models_dir="models"):
 
 
 def utils_command():
-    run(print_params, ("model_size", "models_dir"))
+    run_command(print_params, ("model_size", "models_dir"))
+
+
+# ---------------------------------------------------------------------------------------------
+# train.py: fine-tuning runs
+
+TRAIN_TEXT_FLAGS = ("data", "model_size", "models_dir", "model_dir", "out", "val_data")
+# The flags that shape a run's weights: recorded with it, and a resumed run keeps them.
+RUN_FLAGS = ("batch_size", "seq_len", "lr", "warmup", "weight_decay", "grad_clip", "accumulate", "seed")
+STATE_FILE = "train_state.npz"  # AdamW's moments, the step, the batches' generator and the run's record
+LOG_FILE, PLOT_FILE = "log.csv", "loss.png"
+LOG_COLUMNS = ("step", "lr", "train_loss", "val_loss", "tokens_per_s", "seconds")
+VAL_WINDOWS = 32  # at most this many windows of the validation text are scored at each evaluation
+SAMPLE_TOKENS = 40
+
+
+def check_train_flags(flags):
+    """Every flag of train_main that can be checked before anything is read."""
+    check_switches(flags, ("resume",))
+    check_texts(flags, TRAIN_TEXT_FLAGS)
+    if flags["data"] is None:
+        raise ValueError("give the text to learn: --data PATH (a UTF-8 file)")
+    for name in ("steps", "batch_size", "seq_len", "accumulate"):
+        gpt2.check_whole(flags[name], f"--{name}", 1)
+    for name in ("warmup", "seed", "eval_every", "sample_every", "save_every"):
+        gpt2.check_whole(flags[name], f"--{name}", 0)
+    if not (gpt2.is_real(flags["lr"]) and flags["lr"] > 0):
+        raise ValueError(f"--lr must be a number above 0 (e.g. 1e-4), not {flags['lr']!r}")
+    for name in ("weight_decay", "grad_clip"):
+        if not (gpt2.is_real(flags[name]) and flags[name] >= 0):
+            raise ValueError(f"--{name} must be a number >= 0, not {flags[name]!r}")
+    if flags["model_dir"] is not None:
+        refuse([name for name in given_flags(train_main, flags) if name in ("model_size", "models_dir")],
+               ("does", "do"), "not go with --model_dir, which names the starting model's folder itself")
+
+
+def default_out(flags):
+    """Where a run goes without --out: beside its starting model, named after the text (models/124M-my_text)."""
+    stem = "stdin" if flags["data"] == "-" else os.path.splitext(os.path.basename(flags["data"]))[0] or "data"
+    start = flags["model_dir"] or os.path.join(flags["models_dir"], flags["model_size"])
+    return f"{os.path.normpath(start)}-{stem}"
+
+
+def read_record(out):
+    """The record of the run saved in out ({"step", "flags", "start", "data_sha256", "val_sha256", "elapsed"}),
+    or None if out holds no run."""
+    path = os.path.join(out, STATE_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with np.load(path) as state:
+            return {**json.loads(str(state["record"])), "step": int(state["step"])}
+    except (OSError, ValueError, KeyError):
+        raise ValueError(f"{path} is truncated or corrupt: this run cannot be resumed") from None
+
+
+def check_out(out, flags, record):
+    """--out must be a new or empty folder, or, with --resume, an earlier run's."""
+    start = start_folder(flags)
+    if os.path.exists(out) and os.path.exists(start) and os.path.samefile(out, start):
+        raise ValueError(f"--out {out} is the starting model's folder: choose another, e.g. --out {default_out(flags)}")
+    if os.path.basename(os.path.normpath(out)) in MODEL_SIZES:
+        raise ValueError(f"--out {out} is named as OpenAI's downloads are: choose another folder")
+    if flags["resume"] and record is None:
+        raise ValueError(f"--resume: {out} holds no run of train.py ({STATE_FILE} is missing): leave out --resume "
+                         "to start one")
+    if not flags["resume"] and record is not None:
+        raise ValueError(f"--out {out} holds a run of train.py (at step {record['step']}): add --resume to go on "
+                         "with it, or choose another --out")
+    if not flags["resume"] and os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise ValueError(f"--out {out} is not a new or empty folder: choose another")
+
+
+def check_resumable(record, flags, out, text_hashes):
+    """A resumed run goes on with what it began with: the same flags that shape it, the same texts, and
+    the same starting model if one is named again."""
+    for name in set(given_flags(train_main, flags)) & set(RUN_FLAGS):
+        if flags[name] != record["flags"][name]:
+            raise ValueError(f"--{name} {flags[name]} is not the {record['flags'][name]} that the run in {out} "
+                             f"began with: leave out --{name} to go on with it, or start a new --out")
+    for name, key, text_hash in (("data", "data_sha256", text_hashes[0]), ("val_data", "val_sha256", text_hashes[1])):
+        if text_hash != record[key]:
+            raise ValueError(f"the run in {out} learned from another --{name}" + (f": give it again" if text_hash is None
+                             else " (its sha256 differs): give the same file, or start a new --out"))
+    named = [name for name in given_flags(train_main, flags) if name in ("model_size", "models_dir", "model_dir")]
+    if named and index_sha256(start_folder(flags)) != record["start"]["index_sha256"]:
+        raise ValueError(f"{' '.join('--' + name for name in named)} do not name the model the run in {out} "
+                         f"started from ({record['start']['model']}): leave them out to go on with it")
+
+
+def start_folder(flags):
+    return flags["model_dir"] or os.path.join(flags["models_dir"], flags["model_size"])
+
+
+def index_sha256(model_dir):
+    """The sha256 of a model's checkpoint index, which holds every tensor's CRC32C: the weights' identity
+    ("" if there is none)."""
+    try:
+        with open(os.path.join(model_dir, "model.ckpt.index"), "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return ""
+
+
+def split_tokens(encoder, text, val_text, seq_len):  # -> train, validation: [n_tokens] each
+    """The text's token ids, the last 10% held out for validation unless a validation text is given, each
+    part long enough for one window of seq_len + 1 tokens."""
+    tokens = np.array(encoder.encode(text), np.int64)
+    if val_text is None:
+        n_train = len(tokens) - len(tokens) // 10
+        parts = {"training": tokens[:n_train], "validation": tokens[n_train:]}
+    else:
+        parts = {"training": tokens, "validation": np.array(encoder.encode(val_text), np.int64)}
+    fits = min(len(part) for part in parts.values()) - 1
+    for name, part in parts.items():
+        if len(part) < seq_len + 1:
+            split = "" if val_text is not None else f" of the {len(tokens):,} in --data (the last 10% are held out)"
+            fix = f"use --seq_len {fits} or less" if fits >= 1 else "give a longer text"
+            raise ValueError(f"the {name} part has {len(part):,} tokens{split}, too few for one window of "
+                             f"--seq_len {seq_len} + 1: {fix}")
+    return parts["training"], parts["validation"]
+
+
+def start_run(flags):
+    """Everything a run needs, from --data, the starting model or --out's saved run, checked before a file
+    is written: the flags, texts, model, AdamW's state, the batches' generator and the step."""
+    from store import settled_folder
+    from train import adamw_state, eval_windows, writable_copy
+    from utils import load_encoder_hparams_and_params
+
+    out = flags["out"] or default_out(flags)
+    text = read_text(flags["data"], "--data")
+    val_text = None if flags["val_data"] is None else read_text(flags["val_data"], "--val_data")
+    for name, value in (("data", text), ("val_data", val_text)):
+        if value is not None and not value.strip():
+            raise ValueError(f"--{name} {flags[name]} holds no text")
+    hashes = [None if value is None else hashlib.sha256(value.encode()).hexdigest() for value in (text, val_text)]
+    if os.path.isdir(out):
+        with settled_folder(out):  # a save cut short is finished or undone, a killed run's lock file removed
+            pass
+    record = read_record(out) if os.path.isdir(out) else None
+    check_out(out, flags, record)
+    if record is not None:
+        check_resumable(record, flags, out, hashes)
+        if record["step"] >= flags["steps"]:
+            raise ValueError(f"the run in {out} is at step {record['step']} already: give --steps above "
+                             f"{record['step']} to go on")
+        flags = {**flags, **record["flags"]}
+        encoder, hparams, params = load_encoder_hparams_and_params(model_dir=out)
+    elif flags["model_dir"] is not None:
+        encoder, hparams, params = load_encoder_hparams_and_params(model_dir=flags["model_dir"])
+    else:
+        encoder, hparams, params = load_encoder_hparams_and_params(flags["model_size"], flags["models_dir"])
+    if flags["seq_len"] > hparams["n_ctx"]:
+        raise ValueError(f"--seq_len {flags['seq_len']} is longer than the model's context of {hparams['n_ctx']}")
+    train_tokens, val_tokens = split_tokens(encoder, text, val_text, flags["seq_len"])
+    run = {"flags": flags, "out": out, "encoder": encoder, "hparams": hparams, "params": writable_copy(params),
+           "train": train_tokens, "val": eval_windows(val_tokens, flags["seq_len"], VAL_WINDOWS),
+           "vocab_dir": out if record else start_folder(flags),
+           "record": record or {"flags": {name: flags[name] for name in RUN_FLAGS}, "data_sha256": hashes[0],
+                                "val_sha256": hashes[1], "elapsed": 0.0,
+                                "start": {"model": start_folder(flags), "index_sha256": index_sha256(start_folder(flags))}}}
+    del params  # the loaded arrays map the checkpoint's file: let go of it before a save replaces it
+    return resume_state(run) if record else {**run, "state": adamw_state(run["params"]), "step": 0,
+                                             "rng": np.random.default_rng(flags["seed"])}
+
+
+def resume_state(run):
+    """The run with AdamW's state, the step and the batches' generator as the last save left them."""
+    from utils import unflatten
+
+    n_layer = run["hparams"]["n_layer"]
+    with np.load(os.path.join(run["out"], STATE_FILE)) as saved:
+        moments = {key: unflatten({name.split("/", 1)[1]: saved[name] for name in saved.files if name.startswith(key + "/")},
+                                  n_layer) for key in ("m", "v")}
+        rng = np.random.default_rng()
+        rng.bit_generator.state = json.loads(str(saved["rng"]))
+        step = int(saved["step"])
+    trim_log(run["out"], step)
+    return {**run, "state": {"step": step, **moments}, "step": step, "rng": rng}
+
+
+def fine_tune(run):
+    """Train from run["step"] to --steps: the validation loss at step 0 and every --eval_every steps, a
+    sample every --sample_every, a save every --save_every and at the end. A tqdm bar on stderr shows the
+    loss, tokens/s and the time left; evaluations, samples and saves are reported on stdout."""
+    from tqdm import tqdm
+
+    flags = run["flags"]
+    with tqdm(total=flags["steps"], initial=run["step"], desc="fine-tuning", unit="step", dynamic_ncols=True) as bar:
+        try:
+            if run["step"] == 0:
+                log_step(run, bar, None, None)
+            while run["step"] < flags["steps"]:
+                train_one_step(run, bar)
+        except KeyboardInterrupt:
+            bar.close()
+            print(f"interrupted at step {run['step']}: {last_save(run)}", file=sys.stderr)
+            raise
+        except FloatingPointError as e:
+            raise ValueError(f"step {run['step'] + 1} went wrong ({e}): the learning rate is too high for this "
+                             f"text and model, so lower --lr (it is {flags['lr']:g}); {last_save(run)}") from None
+    plot_losses(run)
+    return run["params"]
+
+
+def train_one_step(run, bar):
+    """One step of train.train_step, then what falls due at it: evaluating, logging, sampling, saving."""
+    from train import learning_rate, train_step
+
+    flags, step = run["flags"], run["step"] + 1
+    lr = learning_rate(step, flags["lr"], flags["warmup"])
+    start = time.perf_counter()
+    with np.errstate(all="ignore"):  # a step that goes non-finite is reported as a whole, not op by op
+        loss, _ = train_step(run["params"], run["state"], run["train"], run["rng"], run["hparams"]["n_head"],
+                             flags["batch_size"], flags["seq_len"], lr, flags["accumulate"], flags["weight_decay"],
+                             flags["grad_clip"] or None)
+    seconds = time.perf_counter() - start
+    run["step"], run["record"]["elapsed"] = step, run["record"]["elapsed"] + seconds
+    tokens_per_s = flags["batch_size"] * flags["seq_len"] * flags["accumulate"] / seconds
+    bar.set_postfix(loss=f"{loss:.3f}", tokens_per_s=f"{tokens_per_s:.0f}")
+    bar.update()
+    log_step(run, bar, (lr, loss, tokens_per_s), every(step, flags["eval_every"]) or step == flags["steps"])
+    if every(step, flags["sample_every"]):
+        print_training_sample(run, bar)
+    if every(step, flags["save_every"]) or step == flags["steps"]:
+        save_run(run, bar)
+
+
+def every(step, period):
+    return period > 0 and step % period == 0
+
+
+def log_step(run, bar, trained, evaluate):
+    """Append the step's row to log.csv: (lr, train loss, tokens/s) if a step was trained, and the
+    validation loss if evaluate (always at step 0)."""
+    from train import evaluate as validation_loss
+
+    val = None
+    if evaluate or run["step"] == 0:
+        val = validation_loss(run["val"], run["params"], run["hparams"]["n_head"], run["flags"]["batch_size"])
+        bar.write(f"step {run['step']}: validation loss {val:.4f}")
+    lr, loss, tokens_per_s = trained or (None, None, None)
+    row = [run["step"], lr, loss, val, tokens_per_s, run["record"]["elapsed"]]
+    path = os.path.join(run["out"], LOG_FILE)
+    os.makedirs(run["out"], exist_ok=True)
+    new = not os.path.exists(path)
+    with open(path, "a", encoding="utf-8") as f:
+        if new:
+            f.write(",".join(LOG_COLUMNS) + "\n")
+        f.write(",".join("" if value is None else f"{value:.6g}" for value in row) + "\n")
+    if val is not None:
+        plot_losses(run)
+
+
+def trim_log(out, step):
+    """Drop log.csv's rows after `step`: they are of steps a resumed run does again."""
+    path = os.path.join(out, LOG_FILE)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            header, *rows = f.read().splitlines()
+        kept = [row for row in rows if row.split(",")[0].isdigit() and int(row.split(",")[0]) <= step]
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join([header, *kept]) + "\n")
+
+
+def print_training_sample(run, bar):
+    """A short sample from <|endoftext|>, the same draw at every step, so that a person sees the model change."""
+    ids = gpt2.generate([EOT], run["params"], run["hparams"]["n_head"], min(SAMPLE_TOKENS, run["hparams"]["n_ctx"]),
+                        temperature=0.8, top_k=40, seed=run["flags"]["seed"])
+    bar.write(f"step {run['step']}, a sample: {run['encoder'].decode(ids)!r}")
+
+
+def save_run(run, bar):
+    """The weights in OpenAI's layout, and the state a resumed run needs, as one save (utils.save_model_folder:
+    a process killed while saving leaves the previous save or this one)."""
+    from train import leaves
+    from utils import flatten, save_model_folder
+
+    if not all(np.isfinite(p).all() for p in leaves(run["params"])):
+        raise FloatingPointError("some weights are not finite")
+
+    def write_state(path):
+        moments = {f"{key}/{name}": array for key in ("m", "v") for name, array in flatten(run["state"][key]).items()}
+        with open(path, "wb") as f:
+            np.savez(f, step=run["step"], rng=json.dumps(run["rng"].bit_generator.state),
+                     record=json.dumps({key: value for key, value in run["record"].items() if key != "step"}), **moments)
+
+    save_model_folder(run["out"], run["params"], run["hparams"], run["vocab_dir"], {STATE_FILE: write_state})
+    bar.write(f"step {run['step']}: saved to {run['out']}")
+
+
+def last_save(run):
+    """What --out holds, read from it once a save that was cut short is finished or undone."""
+    from store import settled_folder
+
+    record = None
+    if os.path.isdir(run["out"]):
+        with settled_folder(run["out"]):
+            record = read_record(run["out"])
+    if record is None:
+        return "nothing was saved yet"
+    return f"{run['out']} holds step {record['step']}, the last save (--resume goes on from it)"
+
+
+def plot_losses(run):
+    """loss.png beside log.csv: the training and validation losses by step, if matplotlib is installed
+    (it is not needed to train: a note says so, once)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        if not run.get("noted_plot"):
+            print("note: matplotlib is not installed, so there is no loss.png (log.csv has the losses)", file=sys.stderr)
+            run["noted_plot"] = True
+        return
+    with open(os.path.join(run["out"], LOG_FILE), encoding="utf-8") as f:
+        rows = [dict(zip(LOG_COLUMNS, line.split(","))) for line in f.read().splitlines()[1:]]
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for column, label in (("train_loss", "training"), ("val_loss", "validation")):
+        points = [(int(row["step"]), float(row[column])) for row in rows if row.get(column)]
+        if points:
+            ax.plot(*zip(*points), marker="o" if column == "val_loss" else None, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per token)")
+    ax.legend()
+    path = os.path.join(run["out"], PLOT_FILE)
+    fig.savefig(path + ".tmp", format="png")
+    os.replace(path + ".tmp", path)
+
+
+def train_main(data=None, model_size="124M", models_dir="models", model_dir=None, out=None, steps=200, batch_size=4,
+               seq_len=256, lr=1e-4, warmup=20, weight_decay=0.0, grad_clip=1.0, accumulate=1, seed=0, val_data=None,
+               eval_every=25, sample_every=50, save_every=50, resume=False):
+    """Fine-tune GPT-2 on a text of your own and save it in OpenAI's checkpoint format.
+
+    Starts from OpenAI's model (downloaded on first use, as gpt2.py does) or from a model folder,
+    and saves into --out, which gpt2.py --model_dir then uses as it is.
+
+    Args:
+        data: the text to learn, a UTF-8 file
+        model_size: the starting model: 124M, 355M, 774M or 1558M
+        models_dir: where model folders are kept, relative to the current directory
+        model_dir: start from this model folder instead (e.g. an earlier run's --out)
+        out: the folder to save to (none: beside the starting model, named after --data)
+        steps: steps in all (with --resume too): each learns from batch_size x accumulate windows
+        batch_size: windows of the text per step; memory grows with batch_size x seq_len
+        seq_len: tokens per window, at most the model's context (1024); the main lever for speed and memory
+        lr: the learning rate after warmup (gpt-2-simple's; nanoGPT's 3e-5 is gentler, for longer runs)
+        warmup: steps over which the rate rises linearly to lr, so the first steps do not jolt the model
+        weight_decay: AdamW's decay of the weight matrices (0: a short fine-tune needs no pull towards 0)
+        grad_clip: largest global norm of the gradients, as nanoGPT (0: no clipping)
+        accumulate: batches whose gradients add up to one step: a larger batch in the same memory
+        seed: makes the run repeatable (which windows each step learns from)
+        val_data: a UTF-8 file to measure the validation loss on (none: the last 10% of --data)
+        eval_every: steps between validation losses (also at step 0 and at the end)
+        sample_every: steps between short samples, to see the model change (0: none)
+        save_every: steps between saves (also at the end; 0: only at the end)
+        resume: go on with the run saved in --out, up to --steps in all
+    """
+    check_train_flags(dict(locals()))
+    run = start_run(dict(locals()))
+    print(f"fine-tuning {run['record']['start']['model']} on {len(run['train']):,} tokens of {data} "
+          f"({len(run['val'])} validation windows) from step {run['step']} to {run['flags']['steps']}, saving to "
+          f"{run['out']}", file=sys.stderr)
+    fine_tune(run)
+    return None
+
+
+def train_command():
+    run_command(train_main, TRAIN_TEXT_FLAGS)

@@ -234,10 +234,12 @@ def folder_lock(model_dir):
     try:
         yield
     finally:
-        with contextlib.suppress(OSError):
-            os.remove(path)  # while still locked, so that anyone waiting on it sees it is gone
-        if fd is not None:
-            os.close(fd)
+        try:
+            with contextlib.suppress(OSError):
+                os.remove(path)  # while still locked, so that anyone waiting on it sees it is gone
+        finally:  # even if a second Ctrl-C lands here: a lock left open would block this process itself
+            if fd is not None:
+                os.close(fd)
 
 
 def take_lock(path, model_dir):
