@@ -419,20 +419,20 @@ def split_tokens(encoder, text, val_text, seq_len):  # -> train, validation: [n_
     return parts["training"], parts["validation"]
 
 
-def start_run(flags):
-    """Everything a run needs, from --data, the starting model or --out's saved run, checked before a file
-    is written: the flags, texts, model, AdamW's state, the batches' generator and the step."""
+def read_texts(flags):
+    """The texts of --data and --val_data (None if not given), and the sha256 of each."""
+    texts = [None if flags[name] is None else read_text(flags[name], f"--{name}") for name in ("data", "val_data")]
+    for name, text in zip(("data", "val_data"), texts):
+        if text is not None and not text.strip():
+            raise ValueError(f"--{name} {flags[name]} holds no text")
+    return texts, [None if text is None else hashlib.sha256(text.encode()).hexdigest() for text in texts]
+
+
+def open_out(flags, hashes):
+    """--out's path and the record of the run it holds (None for a new run), checked against the flags."""
     from store import settled_folder
-    from train import adamw_state, eval_windows, writable_copy
-    from utils import load_encoder_hparams_and_params
 
     out = flags["out"] or default_out(flags)
-    text = read_text(flags["data"], "--data")
-    val_text = None if flags["val_data"] is None else read_text(flags["val_data"], "--val_data")
-    for name, value in (("data", text), ("val_data", val_text)):
-        if value is not None and not value.strip():
-            raise ValueError(f"--{name} {flags[name]} holds no text")
-    hashes = [None if value is None else hashlib.sha256(value.encode()).hexdigest() for value in (text, val_text)]
     if os.path.isdir(out):
         with settled_folder(out):  # a save cut short is finished or undone, a killed run's lock file removed
             pass
@@ -443,21 +443,31 @@ def start_run(flags):
         if record["step"] >= flags["steps"]:
             raise ValueError(f"the run in {out} is at step {record['step']} already: give --steps above "
                              f"{record['step']} to go on")
-        flags = {**flags, **record["flags"]}
-        encoder, hparams, params = load_encoder_hparams_and_params(model_dir=out)
-    elif flags["model_dir"] is not None:
-        encoder, hparams, params = load_encoder_hparams_and_params(model_dir=flags["model_dir"])
-    else:
-        encoder, hparams, params = load_encoder_hparams_and_params(flags["model_size"], flags["models_dir"])
+    return out, record
+
+
+def start_run(flags):
+    """Everything a run needs, from --data, the starting model or --out's saved run, checked before a file
+    is written: the flags, texts, model, AdamW's state, the batches' generator and the step."""
+    from train import adamw_state, eval_windows, writable_copy
+    from utils import load_encoder_hparams_and_params
+
+    (text, val_text), hashes = read_texts(flags)
+    out, record = open_out(flags, hashes)
+    flags = {**flags, **(record["flags"] if record else {})}  # a resumed run goes on as it began
+    where = {"model_dir": out} if record else {"model_dir": flags["model_dir"]} if flags["model_dir"] else \
+        {"model_size": flags["model_size"], "models_dir": flags["models_dir"]}
+    encoder, hparams, params = load_encoder_hparams_and_params(**where)
     if flags["seq_len"] > hparams["n_ctx"]:
         raise ValueError(f"--seq_len {flags['seq_len']} is longer than the model's context of {hparams['n_ctx']}")
     train_tokens, val_tokens = split_tokens(encoder, text, val_text, flags["seq_len"])
+    start = start_folder(flags)
     run = {"flags": flags, "out": out, "encoder": encoder, "hparams": hparams, "params": writable_copy(params),
            "train": train_tokens, "val": eval_windows(val_tokens, flags["seq_len"], VAL_WINDOWS),
-           "vocab_dir": out if record else start_folder(flags),
+           "vocab_dir": out if record else start,
            "record": record or {"flags": {name: flags[name] for name in RUN_FLAGS}, "data_sha256": hashes[0],
                                 "val_sha256": hashes[1], "elapsed": 0.0,
-                                "start": {"model": start_folder(flags), "index_sha256": index_sha256(start_folder(flags))}}}
+                                "start": {"model": start, "index_sha256": index_sha256(start)}}}
     del params  # the loaded arrays map the checkpoint's file: let go of it before a save replaces it
     return resume_state(run) if record else {**run, "state": adamw_state(run["params"]), "step": 0,
                                              "rng": np.random.default_rng(flags["seed"])}
