@@ -12,6 +12,7 @@ Shapes as in gpt2.py; "rows" are all positions of all sequences of a batch, [...
 Everything computes in the dtype of the parameters: float32 to train, float64 to check the gradients.
 """
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -22,6 +23,25 @@ TWO_SQRT_2_OVER_PI = -MINUS_TWO_SQRT_2_OVER_PI
 
 def rows(x):  # [..., n] -> [n_rows, n]
     return x.reshape(-1, x.shape[-1])
+
+
+ROWS_AT_ONCE = 64  # rows of a big elementwise computation done together (see by_rows)
+THREADS = ThreadPoolExecutor(2)  # threads start only when first used
+
+
+def by_rows(fn, *arrays, out=None):  # fn: [m, n] arrays -> [m, k]; arrays [..., n] -> out [..., k]
+    """fn(*arrays) for a function that works row by row, ROWS_AT_ONCE rows at a time in two threads; the same
+    numbers as fn(*arrays). out: where the rows go (default: a new array like arrays[0]). Speed: NumPy's
+    elementwise work runs on one core and, on big arrays, goes through memory pass after pass; a few rows
+    stay in the core's cache, and NumPy lets go of Python's lock inside each operation, so two threads keep
+    both cores busy."""
+    out, parts = np.empty_like(arrays[0]) if out is None else out, [rows(a) for a in arrays]
+
+    def work(start):
+        rows(out)[start:start + ROWS_AT_ONCE] = fn(*(part[start:start + ROWS_AT_ONCE] for part in parts))
+
+    list(THREADS.map(work, range(0, len(parts[0]), ROWS_AT_ONCE)))
+    return out
 
 
 def gelu_backward(dy, x):  # [..., n], [..., n] -> [..., n]
@@ -83,15 +103,15 @@ def linear_backward(dy, x, w, b=None):  # [..., m, out], [..., m, in], [in, out]
 def ffn_forward(x, c_fc, c_proj):  # [..., n_seq, n_embd] -> [..., n_seq, n_embd], kept
     """gpt2.ffn, also returning what ffn_backward needs: its input x and the hidden layer h before gelu."""
     h = linear(x, **c_fc)
-    return linear(gelu(h), **c_proj), {"x": x, "h": h}
+    return linear(by_rows(gelu, h), **c_proj), {"x": x, "h": h}
 
 
 def ffn_backward(dy, kept, c_fc, c_proj):  # [..., n_seq, n_embd], ffn_forward's kept -> dx, {c_fc, c_proj}
     """Undoes ffn: y = linear(gelu(h), c_proj), h = linear(x, c_fc), one backward after the other.
     gelu(h) is computed again rather than kept (memory: 4 n_embd numbers per position and layer)."""
     h = kept.pop("h")
-    da, d_proj = linear_backward(dy, gelu(h), **c_proj)
-    dx, d_fc = linear_backward(gelu_backward(da, h), kept.pop("x"), **c_fc)
+    da, d_proj = linear_backward(dy, by_rows(gelu, h), **c_proj)
+    dx, d_fc = linear_backward(by_rows(gelu_backward, da, h), kept.pop("x"), **c_fc)
     return dx, {"c_fc": d_fc, "c_proj": d_proj}
 
 
@@ -193,17 +213,24 @@ def gpt2_backward(dy, kept, inputs, wte, wpe, blocks, ln_f, n_head):  # [..., n_
 
 
 def cross_entropy(logits, targets):  # [..., n_seq, n_vocab], [..., n_seq] -> float, probs
-    """The mean over positions of -log softmax(logits)[target] = log(sum(exp(logits))) - logits[target], in nats
-    (logits minus their max first, so that exp cannot overflow). Also returns softmax(logits), which
-    cross_entropy_backward needs, written over the logits (memory: n_vocab numbers per position)."""
+    """The mean over positions of -log softmax(logits)[target] = log(sum(exp(logits))) - logits[target], in nats.
+    Also returns softmax(logits), which cross_entropy_backward needs, written over the logits (memory: n_vocab
+    numbers per position)."""
     e, targets = rows(logits), targets.reshape(-1)
-    e -= e.max(axis=-1, keepdims=True)
     target_logits = e[np.arange(len(targets)), targets]
-    np.exp(e, out=e)
-    sums = e.sum(axis=-1, keepdims=True)
-    loss = float(np.mean(np.log(sums[:, 0], dtype=np.float64) - target_logits))
-    e /= sums
-    return loss, e.reshape(logits.shape)
+    log_sums = by_rows(softmax_in_place, e, out=np.empty((len(e), 1), e.dtype))
+    return float(np.mean(log_sums[:, 0] - target_logits, dtype=np.float64)), e.reshape(logits.shape)
+
+
+def softmax_in_place(x):  # [m, n] -> [m, 1]
+    """log(sum(exp(x))) of each row, with x overwritten by softmax(x). The max is taken out first, so that exp
+    cannot overflow."""
+    top = x.max(axis=-1, keepdims=True)
+    x -= top
+    np.exp(x, out=x)
+    sums = x.sum(axis=-1, keepdims=True)
+    x /= sums
+    return np.log(sums) + top
 
 
 def cross_entropy_backward(probs, targets):  # [..., n_seq, n_vocab], [..., n_seq] -> [..., n_seq, n_vocab]
