@@ -24,7 +24,7 @@ def step(model, inputs, targets):
     logits = model(inputs).logits
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
     loss.backward()
-    return float(loss)
+    return loss.item()
 
 
 def setup(n_batch, n_seq, threads):
