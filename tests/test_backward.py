@@ -13,10 +13,9 @@ TOLERANCE = 1e-9  # float64 agrees to about 1e-15; a wrong formula is off by far
 
 def named_leaves(tree, prefix=""):
     """{"blocks.0.attn.c_attn.w": array, ...} for a tree shaped like params (or any nest of dicts and lists)."""
-    if isinstance(tree, dict):
-        return {name: leaf for key, value in tree.items() for name, leaf in named_leaves(value, f"{prefix}{key}.").items()}
-    if isinstance(tree, list):
-        return {name: leaf for i, value in enumerate(tree) for name, leaf in named_leaves(value, f"{prefix}{i}.").items()}
+    if isinstance(tree, (dict, list)):
+        branches = tree.items() if isinstance(tree, dict) else enumerate(tree)
+        return {name: leaf for key, value in branches for name, leaf in named_leaves(value, f"{prefix}{key}.").items()}
     return {prefix.rstrip("."): tree}
 
 
