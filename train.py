@@ -128,6 +128,25 @@ def attention_backward(dy, q, k, v, weights):  # [..., n_q, d_head], q k v as at
     return dq, ds.swapaxes(-1, -2) @ (q * scale), dv
 
 
+def causal_attention_backward(dy, q, k, v, kept, out=None):  # [..., n_q, n_head, d_head], causal_attention's
+    """Undoes causal_attention, given the attention weights it kept: attention_backward block by block. A block's
+    queries are its own and its keys and values are all positions up to its last query, so dq is written block
+    by block while dk and dv add up over the blocks. Returns dq, dk, dv [..., n_head, n_*, d_head], written
+    into out (three zeroed arrays) if given."""
+    dy = dy.swapaxes(-3, -2)  # [..., n_head, n_q, d_head], as q
+    dq, dk, dv = (np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)) if out is None else out
+    for weights in kept:
+        seen = weights.shape[-1]  # keys up to the block's last query
+        stop = seen - k.shape[-2] + q.shape[-2]  # the block's queries are q[..., start:stop, :]
+        start = stop - weights.shape[-2]
+        dq_block, dk_block, dv_block = attention_backward(dy[..., start:stop, :], q[..., start:stop, :],
+                                                          k[..., :seen, :], v[..., :seen, :], weights)
+        dq[..., start:stop, :] = dq_block
+        dk[..., :seen, :] += dk_block
+        dv[..., :seen, :] += dv_block
+    return dq, dk, dv
+
+
 def mha_forward(x, c_attn, c_proj, n_head):  # [..., n_seq, n_embd] -> [..., n_seq, n_embd], kept
     """gpt2.mha without a cache, also returning what mha_backward needs: its input x, the c_attn output qkv,
     each query block's attention weights, and the heads side by side (c_proj's input)."""
@@ -140,24 +159,14 @@ def mha_forward(x, c_attn, c_proj, n_head):  # [..., n_seq, n_embd] -> [..., n_s
 
 
 def mha_backward(dy, kept, c_attn, c_proj, n_head):  # [..., n_seq, n_embd], mha_forward's kept -> dx, {c_attn, c_proj}
-    """Undoes mha: y = linear(heads, c_proj), heads = causal_attention(q, k, v), q, k, v = linear(x, c_attn).
-    Each query block of causal_attention goes through attention_backward; a block's queries are its own, its
-    keys and values are all positions up to its last, so dq is written block by block and dk, dv add up."""
+    """Undoes mha: y = linear(heads, c_proj), heads = causal_attention(q, k, v), q, k, v = linear(x, c_attn):
+    linear_backward, causal_attention_backward, linear_backward."""
     heads = kept.pop("heads")
     dheads, d_proj = linear_backward(dy, heads.reshape(dy.shape), **c_proj)
-    dheads = dheads.reshape(heads.shape).swapaxes(-3, -2)  # [..., n_head, n_seq, d_head], as causal_attention's
     qkv = kept.pop("qkv")
-    q, k, v = split_heads(qkv, n_head)
-    dqkv = np.zeros_like(qkv)  # written through the same views as q, k, v
-    dq, dk, dv = split_heads(dqkv, n_head)
-    for weights in kept.pop("weights"):
-        stop = weights.shape[-1]  # without a cache, a block's last query sees the keys up to its own position
-        start = stop - weights.shape[-2]
-        dq_block, dk_block, dv_block = attention_backward(dheads[..., start:stop, :], q[..., start:stop, :],
-                                                          k[..., :stop, :], v[..., :stop, :], weights)
-        dq[..., start:stop, :] = dq_block
-        dk[..., :stop, :] += dk_block
-        dv[..., :stop, :] += dv_block
+    dqkv = np.zeros_like(qkv)  # dq, dk, dv are written through the views that cut q, k, v out of qkv
+    causal_attention_backward(dheads.reshape(heads.shape), *split_heads(qkv, n_head), kept.pop("weights"),
+                              out=split_heads(dqkv, n_head))
     dx, d_attn = linear_backward(dqkv, kept.pop("x"), **c_attn)
     return dx, {"c_attn": d_attn, "c_proj": d_proj}
 

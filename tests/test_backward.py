@@ -102,6 +102,20 @@ def test_attention_backward(n_q, n_k):
     assert_same_gradients("attention_backward", dict(zip("qkv", ours)), dict(zip("qkv", theirs)))
 
 
+@pytest.mark.parametrize("n_q, n_k, block", [(9, 9, 4), (5, 9, 2), (7, 7, 128)])  # blocks; a cache's case; one
+def test_causal_attention_backward(n_q, n_k, block):
+    import tensorflow as tf
+
+    q, k, v = normal(2, 3, n_q, 8), normal(2, 3, n_k, 8), normal(2, 3, n_k, 8)
+    dy = normal(2, n_q, 3, 8)  # the heads side by side, as causal_attention returns them
+    kept = []
+    gpt2.causal_attention(q, k, v, block, kept)
+    assert len(kept) == -(-n_q // block)
+    theirs = ref.vjp(lambda q, k, v: tf.transpose(ref.attention(q, k, v), [0, 2, 1, 3]), dy, q, k, v)
+    ours = train.causal_attention_backward(dy, q, k, v, kept)
+    assert_same_gradients("causal_attention_backward", dict(zip("qkv", ours)), dict(zip("qkv", theirs)))
+
+
 def test_ffn_backward():
     x, params, dy = normal(2, 5, 16), {"c_fc": linear_params(16, 64), "c_proj": linear_params(64, 16)}, normal(2, 5, 16)
     theirs = ref.vjp(lambda x, p: ref.ffn(x, **p), dy, x, params)
