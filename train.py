@@ -158,7 +158,7 @@ def mha_forward(x, c_attn, c_proj, n_head):  # [..., n_seq, n_embd] -> [..., n_s
                                                                      "heads": heads}
 
 
-def mha_backward(dy, kept, c_attn, c_proj, n_head):  # [..., n_seq, n_embd], mha_forward's kept -> dx, {c_attn, c_proj}
+def mha_backward(dy, kept, c_attn, c_proj, n_head):  # [..., n_seq, n_embd], kept -> dx, {c_attn, c_proj}
     """Undoes mha: y = linear(heads, c_proj), heads = causal_attention(q, k, v), q, k, v = linear(x, c_attn):
     linear_backward, causal_attention_backward, linear_backward."""
     heads = kept.pop("heads")
@@ -273,9 +273,9 @@ def check_batch(inputs, targets, params):
     for name, ids in (("inputs", inputs), ("targets", targets)):
         if ids.size and not np.issubdtype(ids.dtype, np.integer):
             raise ValueError(f"{name} must be token ids (integers), not {ids.dtype}")
-        if ids.ndim not in (1, 2) or not 1 <= ids.shape[-1] <= n_ctx:
-            raise ValueError(f"{name} must be [n_seq] or [n_batch, n_seq] with 1 <= n_seq <= {n_ctx} (the "
-                             f"context), not of shape {ids.shape}")
+        if ids.ndim not in (1, 2) or ids.size == 0 or ids.shape[-1] > n_ctx:
+            raise ValueError(f"{name} must be [n_seq] or [n_batch, n_seq] with n_batch >= 1 and 1 <= n_seq <= "
+                             f"{n_ctx} (the context), not of shape {ids.shape}")
         if ids.size and not (0 <= ids.min() and ids.max() < n_vocab):
             raise ValueError(f"{name} must be token ids from 0 to {n_vocab - 1}, not {ids.min()} to {ids.max()}")
     if inputs.shape != targets.shape:

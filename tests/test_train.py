@@ -96,7 +96,8 @@ def test_loss_and_grads_keeps_params_and_dtype(case):
     ([1, 2, 3], [1, 2], "must have the same shape"),
     ([[[1, 2]]], [[[1, 2]]], "must be [n_seq] or [n_batch, n_seq]"),
     ([], [], "must be [n_seq] or [n_batch, n_seq]"),
-    (list(range(65)), list(range(65)), "1 <= n_seq <= 64"),
+    (np.zeros((0, 5), int), np.zeros((0, 5), int), "n_batch >= 1"),
+    (list(range(65)), list(range(65)), "1 <= n_seq <= 64 (the context)"),
     ([1, 50257], [1, 2], "token ids from 0 to 50256"),
     ([1, 2], [-1, 2], "token ids from 0 to 50256"),
 ])
