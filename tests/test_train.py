@@ -225,3 +225,16 @@ def test_overfitting_one_batch(tiny_models):
     assert abs(losses[0] - math.log(hparams["n_vocab"])) < 0.1
     assert all(b < a for a, b in zip(losses, losses[1:]))
     assert losses[-1] < 2.5  # ln(50257) = 10.8
+
+
+def test_import_train_loads_numpy_and_the_standard_library_only():
+    import os
+    import subprocess
+    import sys
+
+    def third_party(code):
+        out = subprocess.run([sys.executable, "-c", code + "; import sys; print(*sys.modules)"], capture_output=True,
+                             text=True, check=True, cwd=os.path.dirname(os.path.abspath(train.__file__))).stdout.split()
+        return {name.split(".")[0] for name in out} - set(sys.stdlib_module_names)
+
+    assert third_party("import train") - third_party("pass") == {"train", "gpt2", "numpy"}
