@@ -76,17 +76,16 @@ def softmax_backward(dy, y, out=None):  # [..., n], [..., n] -> [..., n]
 def layer_norm_backward(dy, x, g, b, eps=1e-5):  # [..., n_embd] x2, [n_embd] x2 -> [..., n_embd], {g, b}
     """Undoes layer_norm: y = xhat g + b, xhat = (x - mean(x)) / sqrt(var(x) + eps), along the last axis.
     dg = sum over rows of dy xhat, db = sum over rows of dy,
-    dx = (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) / sqrt(var(x) + eps), where dxhat = dy g.
-    The means of dxhat and dxhat xhat are matrix-vector products with g (speed: one BLAS call each)."""
+    dx = (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) / sqrt(var(x) + eps), where dxhat = dy g."""
     n = x.shape[-1]
     xhat = x - x.sum(axis=-1, keepdims=True) / n  # recomputed from x, as layer_norm does: keeping it costs memory
     rstd = 1 / np.sqrt(np.square(xhat).sum(axis=-1, keepdims=True) / n + eps)
     xhat *= rstd
-    dy_xhat = dy * xhat
-    grads = {"g": rows(dy_xhat).sum(axis=0), "b": rows(dy).sum(axis=0)}
-    dx = dy * g
-    dx -= (rows(dy) @ (g / n)).reshape(rstd.shape)  # mean(dxhat)
-    xhat *= (rows(dy_xhat) @ (g / n)).reshape(rstd.shape)  # xhat mean(dxhat xhat)
+    grads = {"g": rows(dy * xhat).sum(axis=0), "b": rows(dy).sum(axis=0)}
+    dxhat = dy * g
+    dx = dxhat - dxhat.sum(axis=-1, keepdims=True) / n
+    dxhat *= xhat
+    xhat *= dxhat.sum(axis=-1, keepdims=True) / n  # xhat mean(dxhat xhat)
     dx -= xhat
     dx *= rstd
     return dx, grads

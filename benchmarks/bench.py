@@ -319,14 +319,22 @@ def train_flops(hparams, n_batch, n_seq, block=gpt2.QUERY_BLOCK):
 
 def train_products(params, rows):
     """A function doing forward + backward's weight-matrix products alone, as train.py does them: x w, dy w^T and
-    x^T dy for every linear of the blocks, and the tied output projection's a wte^T, dy wte and dy^T a."""
+    x^T dy for every linear of the blocks, and the tied output projection's a wte^T, dy wte and dy^T a. Each
+    result is dropped at once, so its memory is reused: the rate of the products themselves."""
     mats = weight_matrices(params)[:-1]
     xs = [np.ones((rows, m.shape[0]), np.float32) for m in mats]
     dys = [np.ones((rows, m.shape[1]), np.float32) for m in mats]
     wte = params["wte"]
     a, dlogits = np.ones((rows, wte.shape[1]), np.float32), np.ones((rows, wte.shape[0]), np.float32)
-    return lambda: ([(x @ m, dy @ m.T, x.T @ dy) for x, m, dy in zip(xs, mats, dys)], a @ wte.T, dlogits @ wte,
-                    dlogits.T @ a)
+
+    def products():
+        for x, m, dy in zip(xs, mats, dys):
+            for product in (lambda: x @ m, lambda: dy @ m.T, lambda: x.T @ dy):
+                product()
+        for product in (lambda: a @ wte.T, lambda: dlogits @ wte, lambda: dlogits.T @ a):
+            product()
+
+    return products
 
 
 def train_rows(args):
