@@ -178,6 +178,8 @@ def main():
                         help="other sizes to measure decode / floor for (each loaded, or written with --random)")
     parser.add_argument("--batch_only", action="store_true", help="only the samples and score_many rows")
     parser.add_argument("--train_only", action="store_true", help="only the forward + backward and AdamW rows")
+    parser.add_argument("--torch_python", help="a Python with torch and transformers: adds PyTorch's forward + "
+                        "backward, taking turns with train.py's (see benchmarks/pytorch_baseline.py)")
     args = parser.parse_args()
     model_dir = ensure_model(args)
     load_encoder_hparams_and_params(args.model_size, args.models_dir)  # any download happens here, untimed
@@ -338,33 +340,65 @@ def train_products(params, rows):
 
 
 def train_rows(args):
-    """Forward + backward against the same products alone (taking turns), the peak memory of forward + backward
-    and of AdamW steps, and one AdamW step's time."""
+    """Forward + backward against the same products alone (and PyTorch's, with --torch_python), taking turns; the
+    peak memory of forward + backward and of AdamW steps; one AdamW step's time."""
     _, hparams, params = load_encoder_hparams_and_params(args.model_size, args.models_dir)
     n_batch, n_seq = TRAIN_SHAPE
     ids = np.random.default_rng(0).integers(0, hparams["n_vocab"], (n_batch, n_seq + 1))
     step = lambda: train.loss_and_grads(ids[:, :-1], ids[:, 1:], params, hparams["n_head"])  # noqa: E731
-    products = train_products(params, n_batch * n_seq)
+    products, torch_step = train_products(params, n_batch * n_seq), pytorch_server(args)
     step(), products()  # warm up: page the weights in
-    rounds = [(best_of(products, 1), best_of(step, 1)) for _ in range(3)]
-    alone, both = (float(np.median(column)) for column in zip(*rounds))
+    rounds = [(best_of(products, 1), best_of(step, 1), torch_step()) for _ in range(5)]
+    alone, both, torch = (float(np.median(column)) for column in zip(*rounds))
     dense, attention = train_flops(hparams, n_batch, n_seq)
-    ratio = float(np.median([(dense + attention) / b / (dense / a) for a, b in rounds]))
-    rows = [(f"train fwd+bwd {n_batch}x{n_seq}", f"{n_batch * n_seq / both:.0f} tokens/s, {both:.2f} s, "
+    ratio = float(np.median([(dense + attention) / b / (dense / a) for a, b, _ in rounds]))
+    tokens = n_batch * n_seq
+    rows = [(f"train fwd+bwd {n_batch}x{n_seq}", f"{tokens / both:.0f} tokens/s, {both:.2f} s, "
              f"{(dense + attention) / both / 1e9:.0f} GFLOP/s", f"sgemm {dense / alone / 1e9:.0f} GFLOP/s",
              f"{ratio:.0%} of sgemm")]
-
-    weights = sum(p.nbytes for p in train.leaves(params)) / 2**20
-    for mode, label in (("fwd+bwd", "fwd+bwd"), ("adamw", "2 AdamW steps")):
-        _, peak = run_peak([sys.executable, "-c", TRAIN_CHILD, ROOT, args.model_size, args.models_dir, mode,
-                            str(n_batch), str(n_seq)])
-        rows.append((f"peak memory, {label} {n_batch}x{n_seq}", f"{peak:.0f} MB", f"weights {weights:.0f} MB",
-                     f"{peak / weights:.2f}x weights"))
+    if args.torch_python:
+        rows.append((f"PyTorch fwd+bwd {n_batch}x{n_seq}", f"{tokens / torch:.0f} tokens/s, {torch:.2f} s",
+                     f"numpy {both:.2f} s", f"numpy {float(np.median([t / b for _, b, t in rounds])):.2f}x as fast"))
+    rows += train_memory_rows(args, sum(p.nbytes for p in train.leaves(params)) / 2**20)
 
     writable, (_, grads) = train.writable_copy(params), step()
     state = train.adamw_state(writable)
     seconds = best_of(lambda: train.adamw(writable, grads, state, lr=1e-4, weight_decay=0.1, max_norm=1.0), 3)
     rows.append(("AdamW step", f"{seconds:.2f} s", f"fwd+bwd {both:.2f} s", f"{seconds / both:.0%} of fwd+bwd"))
+    return rows
+
+
+def pytorch_server(args):
+    """A function giving the seconds of one PyTorch forward + backward, run by pytorch_baseline.py --serve in
+    args.torch_python (or None, without it)."""
+    if not args.torch_python:
+        return lambda: None
+    server = subprocess.Popen([args.torch_python, os.path.join(ROOT, "benchmarks", "pytorch_baseline.py"), "--serve"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    if server.stdout.readline().strip() != "ready":
+        sys.exit("pytorch_baseline.py --serve did not start")
+
+    def torch_step():
+        server.stdin.write("step\n")
+        server.stdin.flush()
+        return float(server.stdout.readline())
+
+    return torch_step
+
+
+def train_memory_rows(args, weights):
+    """Peak memory of forward + backward, of two AdamW steps, and of PyTorch's forward + backward if asked."""
+    n_batch, n_seq = TRAIN_SHAPE
+    rows, peaks = [], {}
+    for mode, label in (("fwd+bwd", "fwd+bwd"), ("adamw", "2 AdamW steps")):
+        _, peaks[mode] = run_peak([sys.executable, "-c", TRAIN_CHILD, ROOT, args.model_size, args.models_dir, mode,
+                                   str(n_batch), str(n_seq)])
+        rows.append((f"peak memory, {label} {n_batch}x{n_seq}", f"{peaks[mode]:.0f} MB", f"weights {weights:.0f} MB",
+                     f"{peaks[mode] / weights:.2f}x weights"))
+    if args.torch_python:
+        _, torch = run_peak([args.torch_python, os.path.join(ROOT, "benchmarks", "pytorch_baseline.py"), "--child"])
+        rows.append((f"PyTorch peak memory, fwd+bwd {n_batch}x{n_seq}", f"{torch:.0f} MB",
+                     f"numpy {peaks['fwd+bwd']:.0f} MB", f"numpy {peaks['fwd+bwd'] / torch:.0%} of PyTorch's"))
     return rows
 
 
