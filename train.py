@@ -25,7 +25,7 @@ def rows(x):  # [..., n] -> [n_rows, n]
     return x.reshape(-1, x.shape[-1])
 
 
-NUMBERS_AT_ONCE = 1 << 17  # of a big elementwise computation, done together (see by_rows): 512 KB in float32
+NUMBERS_AT_ONCE = 1 << 18  # of a big elementwise computation, done together (see by_rows): 1 MB in float32
 THREADS = ThreadPoolExecutor(2)  # threads start only when first used
 
 

@@ -348,7 +348,7 @@ def train_rows(args):
     step = lambda: train.loss_and_grads(ids[:, :-1], ids[:, 1:], params, hparams["n_head"])  # noqa: E731
     products, torch_step = train_products(params, n_batch * n_seq), pytorch_server(args)
     step(), products()  # warm up: page the weights in
-    rounds = [(best_of(products, 1), best_of(step, 1), torch_step()) for _ in range(5)]
+    rounds = [tuple(paused(f) for f in (products, step, torch_step)) for _ in range(5)]
     alone, both, torch = (float(np.median(column)) for column in zip(*rounds))
     dense, attention = train_flops(hparams, n_batch, n_seq)
     ratio = float(np.median([(dense + attention) / b / (dense / a) for a, b, _ in rounds]))
@@ -368,9 +368,16 @@ def train_rows(args):
     return rows
 
 
+def paused(f):
+    """Seconds of one call of f, after a pause in which the threads that the call before left spinning
+    (OpenBLAS's, PyTorch's) go to sleep, so that each call has both cores to itself."""
+    time.sleep(0.5)
+    return best_of(f, 1)
+
+
 def pytorch_server(args):
-    """A function giving the seconds of one PyTorch forward + backward, run by pytorch_baseline.py --serve in
-    args.torch_python (or None, without it)."""
+    """A function that has pytorch_baseline.py --serve, in args.torch_python, do one forward + backward (or
+    nothing, without it)."""
     if not args.torch_python:
         return lambda: None
     server = subprocess.Popen([args.torch_python, os.path.join(ROOT, "benchmarks", "pytorch_baseline.py"), "--serve"],
@@ -381,7 +388,7 @@ def pytorch_server(args):
     def torch_step():
         server.stdin.write("step\n")
         server.stdin.flush()
-        return float(server.stdout.readline())
+        server.stdout.readline()
 
     return torch_step
 
