@@ -12,6 +12,7 @@ Shapes as in gpt2.py; "rows" are all positions of all sequences of a batch, [...
 Everything computes in the dtype of the parameters: float32 to train, float64 to check the gradients.
 """
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -26,15 +27,15 @@ def rows(x):  # [..., n] -> [n_rows, n]
 
 
 NUMBERS_AT_ONCE = 1 << 18  # of a big elementwise computation, done together (see by_rows): 1 MB in float32
-THREADS = ThreadPoolExecutor(2)  # threads start only when first used
+THREADS = ThreadPoolExecutor(os.cpu_count() or 1)  # one per core; they start only when first used
 
 
 def by_rows(fn, *arrays, out=None):  # fn: [m, n] arrays -> [m, k]; arrays [..., n] -> out [..., k]
     """fn(*arrays) for a function that works row by row, a few rows (about NUMBERS_AT_ONCE numbers) at a time in
-    two threads; the same numbers as fn(*arrays). out: where the rows go (default: a new array like arrays[0]).
-    Speed: NumPy's elementwise work runs on one core and, on big arrays, goes through memory pass after pass;
-    a few rows stay in the core's cache, and NumPy lets go of Python's lock inside each operation, so two
-    threads keep both cores busy."""
+    a thread per core; the same numbers as fn(*arrays). out: where the rows go (default: a new array like
+    arrays[0]). Speed: NumPy's elementwise work runs on one core and, on big arrays, goes through memory pass
+    after pass; a few rows stay in the core's cache, and NumPy lets go of Python's lock inside each operation,
+    so the threads keep every core busy."""
     out, parts = np.empty_like(arrays[0]) if out is None else out, [rows(a) for a in arrays]
     step = max(1, NUMBERS_AT_ONCE // parts[0].shape[1])
 
