@@ -348,7 +348,7 @@ def train_rows(args):
     step = lambda: train.loss_and_grads(ids[:, :-1], ids[:, 1:], params, hparams["n_head"])  # noqa: E731
     products, torch_step = train_products(params, n_batch * n_seq), pytorch_server(args)
     step(), products()  # warm up: page the weights in
-    rounds = [tuple(paused(f) for f in (products, step, torch_step)) for _ in range(5)]
+    rounds = [tuple(settled(f) for f in (products, step, torch_step)) for _ in range(3)]
     alone, both, torch = (float(np.median(column)) for column in zip(*rounds))
     dense, attention = train_flops(hparams, n_batch, n_seq)
     ratio = float(np.median([(dense + attention) / b / (dense / a) for a, b, _ in rounds]))
@@ -368,10 +368,11 @@ def train_rows(args):
     return rows
 
 
-def paused(f):
-    """Seconds of one call of f, after a pause in which the threads that the call before left spinning
-    (OpenBLAS's, PyTorch's) go to sleep, so that each call has both cores to itself."""
-    time.sleep(0.5)
+def settled(f):
+    """Seconds of the second of two calls of f in a row: the first lets the threads of whatever ran before
+    (OpenBLAS's, PyTorch's) stop spinning, and takes back the memory the machine reclaimed meanwhile, as
+    happens here after a pause of half a second. A training loop runs its steps back to back like this."""
+    f()
     return best_of(f, 1)
 
 
