@@ -340,6 +340,9 @@ def adamw(params, grads, state, lr, weight_decay=0.0, max_norm=None, beta1=0.9, 
     where the weight decay applies only to the matrices and embeddings (ndim >= 2), not to biases and
     layer-norm gains, as nanoGPT does. params must be writable (see writable_copy).
     """
+    if not all(p.flags.writeable and p.flags.c_contiguous for p in leaves(params)):
+        raise ValueError("adamw updates params in place and needs writable arrays in one piece: give it "
+                         "writable_copy(params) (the loader's arrays are read-only views of the checkpoint)")
     norm = global_norm(grads)
     clip = max_norm / (norm + 1e-6) if max_norm is not None and norm > max_norm else 1.0
     state["step"] += 1

@@ -154,6 +154,17 @@ def test_adamw_matches_the_papers_update(case, dtype, tolerance):
         assert error <= tolerance, f"adamw: {name} off by {error:.1e} (relative to its largest value) after 10 steps"
 
 
+def test_adamw_refuses_params_it_cannot_update_in_place(case):
+    params = case("tiny batch")["params"]  # the loader's read-only views
+    grads = train.tree_map(np.zeros_like, params)
+    with pytest.raises(ValueError, match="writable_copy"):
+        train.adamw(params, grads, train.adamw_state(params), lr=1e-3)
+    params = train.writable_copy(params)
+    params["blocks"][0]["mlp"]["c_fc"]["w"] = params["blocks"][0]["mlp"]["c_fc"]["w"].T.copy().T  # not C-ordered
+    with pytest.raises(ValueError, match="writable_copy"):
+        train.adamw(params, grads, train.adamw_state(params), lr=1e-3)
+
+
 def test_adamw_resumed_from_saved_state_is_bit_identical(case, tmp_path):
     """The state is plain arrays and an int: saved and loaded after 5 steps, 5 more give the same bits as 10."""
     rng = np.random.default_rng(4)
