@@ -303,8 +303,9 @@ def leaves(tree):
 
 
 def writable_copy(params):
-    """params as new writable arrays, for training in place (the loader's arrays are read-only views)."""
-    return tree_map(np.array, params)
+    """params as new writable arrays in one piece each, for training in place (the loader's arrays are
+    read-only views of the checkpoint)."""
+    return tree_map(lambda p: np.array(p, order="C"), params)
 
 
 def adamw_state(params):
