@@ -12,6 +12,8 @@ Shapes as in gpt2.py; "rows" are all positions of all sequences of a batch, [...
 Everything computes in the dtype of the parameters: float32 to train, float64 to check the gradients.
 """
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -22,6 +24,26 @@ TWO_SQRT_2_OVER_PI = -MINUS_TWO_SQRT_2_OVER_PI
 
 def rows(x):  # [..., n] -> [n_rows, n]
     return x.reshape(-1, x.shape[-1])
+
+
+NUMBERS_AT_ONCE = 1 << 18  # of a big elementwise computation, done together (see by_rows): 1 MB in float32
+THREADS = ThreadPoolExecutor(os.cpu_count() or 1)  # one per core; they start only when first used
+
+
+def by_rows(fn, *arrays, out=None):  # fn: [m, n] arrays -> [m, k]; arrays [..., n] -> out [..., k]
+    """fn(*arrays) for a function that works row by row, a few rows (about NUMBERS_AT_ONCE numbers) at a time in
+    a thread per core; the same numbers as fn(*arrays). out: where the rows go (default: a new array like
+    arrays[0]). Speed: NumPy's elementwise work runs on one core and, on big arrays, goes through memory pass
+    after pass; a few rows stay in the core's cache, and NumPy lets go of Python's lock inside each operation,
+    so the threads keep every core busy."""
+    out, parts = np.empty_like(arrays[0]) if out is None else out, [rows(a) for a in arrays]
+    step = max(1, NUMBERS_AT_ONCE // parts[0].shape[1])
+
+    def work(start):
+        rows(out)[start:start + step] = fn(*(part[start:start + step] for part in parts))
+
+    list(THREADS.map(work, range(0, len(parts[0]), step)))
+    return out
 
 
 def gelu_backward(dy, x):  # [..., n], [..., n] -> [..., n]
@@ -56,17 +78,16 @@ def softmax_backward(dy, y, out=None):  # [..., n], [..., n] -> [..., n]
 def layer_norm_backward(dy, x, g, b, eps=1e-5):  # [..., n_embd] x2, [n_embd] x2 -> [..., n_embd], {g, b}
     """Undoes layer_norm: y = xhat g + b, xhat = (x - mean(x)) / sqrt(var(x) + eps), along the last axis.
     dg = sum over rows of dy xhat, db = sum over rows of dy,
-    dx = (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) / sqrt(var(x) + eps), where dxhat = dy g.
-    The means of dxhat and dxhat xhat are matrix-vector products with g (speed: one BLAS call each)."""
+    dx = (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) / sqrt(var(x) + eps), where dxhat = dy g."""
     n = x.shape[-1]
     xhat = x - x.sum(axis=-1, keepdims=True) / n  # recomputed from x, as layer_norm does: keeping it costs memory
     rstd = 1 / np.sqrt(np.square(xhat).sum(axis=-1, keepdims=True) / n + eps)
     xhat *= rstd
-    dy_xhat = dy * xhat
-    grads = {"g": rows(dy_xhat).sum(axis=0), "b": rows(dy).sum(axis=0)}
-    dx = dy * g
-    dx -= (rows(dy) @ (g / n)).reshape(rstd.shape)  # mean(dxhat)
-    xhat *= (rows(dy_xhat) @ (g / n)).reshape(rstd.shape)  # xhat mean(dxhat xhat)
+    grads = {"g": rows(dy * xhat).sum(axis=0), "b": rows(dy).sum(axis=0)}
+    dxhat = dy * g
+    dx = dxhat - dxhat.sum(axis=-1, keepdims=True) / n
+    dxhat *= xhat
+    xhat *= dxhat.sum(axis=-1, keepdims=True) / n  # xhat mean(dxhat xhat)
     dx -= xhat
     dx *= rstd
     return dx, grads
@@ -83,15 +104,15 @@ def linear_backward(dy, x, w, b=None):  # [..., m, out], [..., m, in], [in, out]
 def ffn_forward(x, c_fc, c_proj):  # [..., n_seq, n_embd] -> [..., n_seq, n_embd], kept
     """gpt2.ffn, also returning what ffn_backward needs: its input x and the hidden layer h before gelu."""
     h = linear(x, **c_fc)
-    return linear(gelu(h), **c_proj), {"x": x, "h": h}
+    return linear(by_rows(gelu, h), **c_proj), {"x": x, "h": h}
 
 
 def ffn_backward(dy, kept, c_fc, c_proj):  # [..., n_seq, n_embd], ffn_forward's kept -> dx, {c_fc, c_proj}
     """Undoes ffn: y = linear(gelu(h), c_proj), h = linear(x, c_fc), one backward after the other.
     gelu(h) is computed again rather than kept (memory: 4 n_embd numbers per position and layer)."""
     h = kept.pop("h")
-    da, d_proj = linear_backward(dy, gelu(h), **c_proj)
-    dx, d_fc = linear_backward(gelu_backward(da, h), kept.pop("x"), **c_fc)
+    da, d_proj = linear_backward(dy, by_rows(gelu, h), **c_proj)
+    dx, d_fc = linear_backward(by_rows(gelu_backward, da, h), kept.pop("x"), **c_fc)
     return dx, {"c_fc": d_fc, "c_proj": d_proj}
 
 
@@ -108,6 +129,25 @@ def attention_backward(dy, q, k, v, weights):  # [..., n_q, d_head], q k v as at
     return dq, ds.swapaxes(-1, -2) @ (q * scale), dv
 
 
+def causal_attention_backward(dy, q, k, v, kept, out=None):  # [..., n_q, n_head, d_head], causal_attention's
+    """Undoes causal_attention, given the attention weights it kept: attention_backward block by block. A block's
+    queries are its own and its keys and values are all positions up to its last query, so dq is written block
+    by block while dk and dv add up over the blocks. Returns dq, dk, dv [..., n_head, n_*, d_head], written
+    into out (three zeroed arrays) if given."""
+    dy = dy.swapaxes(-3, -2)  # [..., n_head, n_q, d_head], as q
+    dq, dk, dv = (np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)) if out is None else out
+    for weights in kept:
+        seen = weights.shape[-1]  # keys up to the block's last query
+        stop = seen - k.shape[-2] + q.shape[-2]  # the block's queries are q[..., start:stop, :]
+        start = stop - weights.shape[-2]
+        dq_block, dk_block, dv_block = attention_backward(dy[..., start:stop, :], q[..., start:stop, :],
+                                                          k[..., :seen, :], v[..., :seen, :], weights)
+        dq[..., start:stop, :] = dq_block
+        dk[..., :seen, :] += dk_block
+        dv[..., :seen, :] += dv_block
+    return dq, dk, dv
+
+
 def mha_forward(x, c_attn, c_proj, n_head):  # [..., n_seq, n_embd] -> [..., n_seq, n_embd], kept
     """gpt2.mha without a cache, also returning what mha_backward needs: its input x, the c_attn output qkv,
     each query block's attention weights, and the heads side by side (c_proj's input)."""
@@ -119,25 +159,15 @@ def mha_forward(x, c_attn, c_proj, n_head):  # [..., n_seq, n_embd] -> [..., n_s
                                                                      "heads": heads}
 
 
-def mha_backward(dy, kept, c_attn, c_proj, n_head):  # [..., n_seq, n_embd], mha_forward's kept -> dx, {c_attn, c_proj}
-    """Undoes mha: y = linear(heads, c_proj), heads = causal_attention(q, k, v), q, k, v = linear(x, c_attn).
-    Each query block of causal_attention goes through attention_backward; a block's queries are its own, its
-    keys and values are all positions up to its last, so dq is written block by block and dk, dv add up."""
+def mha_backward(dy, kept, c_attn, c_proj, n_head):  # [..., n_seq, n_embd], kept -> dx, {c_attn, c_proj}
+    """Undoes mha: y = linear(heads, c_proj), heads = causal_attention(q, k, v), q, k, v = linear(x, c_attn):
+    linear_backward, causal_attention_backward, linear_backward."""
     heads = kept.pop("heads")
     dheads, d_proj = linear_backward(dy, heads.reshape(dy.shape), **c_proj)
-    dheads = dheads.reshape(heads.shape).swapaxes(-3, -2)  # [..., n_head, n_seq, d_head], as causal_attention's
     qkv = kept.pop("qkv")
-    q, k, v = split_heads(qkv, n_head)
-    dqkv = np.zeros_like(qkv)  # written through the same views as q, k, v
-    dq, dk, dv = split_heads(dqkv, n_head)
-    for weights in kept.pop("weights"):
-        stop = weights.shape[-1]  # without a cache, a block's last query sees the keys up to its own position
-        start = stop - weights.shape[-2]
-        dq_block, dk_block, dv_block = attention_backward(dheads[..., start:stop, :], q[..., start:stop, :],
-                                                          k[..., :stop, :], v[..., :stop, :], weights)
-        dq[..., start:stop, :] = dq_block
-        dk[..., :stop, :] += dk_block
-        dv[..., :stop, :] += dv_block
+    dqkv = np.zeros_like(qkv)  # dq, dk, dv are written through the views that cut q, k, v out of qkv
+    causal_attention_backward(dheads.reshape(heads.shape), *split_heads(qkv, n_head), kept.pop("weights"),
+                              out=split_heads(dqkv, n_head))
     dx, d_attn = linear_backward(dqkv, kept.pop("x"), **c_attn)
     return dx, {"c_attn": d_attn, "c_proj": d_proj}
 
@@ -193,17 +223,24 @@ def gpt2_backward(dy, kept, inputs, wte, wpe, blocks, ln_f, n_head):  # [..., n_
 
 
 def cross_entropy(logits, targets):  # [..., n_seq, n_vocab], [..., n_seq] -> float, probs
-    """The mean over positions of -log softmax(logits)[target] = log(sum(exp(logits))) - logits[target], in nats
-    (logits minus their max first, so that exp cannot overflow). Also returns softmax(logits), which
-    cross_entropy_backward needs, written over the logits (memory: n_vocab numbers per position)."""
+    """The mean over positions of -log softmax(logits)[target] = log(sum(exp(logits))) - logits[target], in nats.
+    Also returns softmax(logits), which cross_entropy_backward needs, written over the logits (memory: n_vocab
+    numbers per position)."""
     e, targets = rows(logits), targets.reshape(-1)
-    e -= e.max(axis=-1, keepdims=True)
     target_logits = e[np.arange(len(targets)), targets]
-    np.exp(e, out=e)
-    sums = e.sum(axis=-1, keepdims=True)
-    loss = float(np.mean(np.log(sums[:, 0], dtype=np.float64) - target_logits))
-    e /= sums
-    return loss, e.reshape(logits.shape)
+    log_sums = by_rows(softmax_in_place, e, out=np.empty((len(e), 1), e.dtype))
+    return float(np.mean(log_sums[:, 0] - target_logits, dtype=np.float64)), e.reshape(logits.shape)
+
+
+def softmax_in_place(x):  # [m, n] -> [m, 1]
+    """log(sum(exp(x))) of each row, with x overwritten by softmax(x). The max is taken out first, so that exp
+    cannot overflow."""
+    top = x.max(axis=-1, keepdims=True)
+    x -= top
+    np.exp(x, out=x)
+    sums = x.sum(axis=-1, keepdims=True)
+    x /= sums
+    return np.log(sums) + top
 
 
 def cross_entropy_backward(probs, targets):  # [..., n_seq, n_vocab], [..., n_seq] -> [..., n_seq, n_vocab]
@@ -237,9 +274,9 @@ def check_batch(inputs, targets, params):
     for name, ids in (("inputs", inputs), ("targets", targets)):
         if ids.size and not np.issubdtype(ids.dtype, np.integer):
             raise ValueError(f"{name} must be token ids (integers), not {ids.dtype}")
-        if ids.ndim not in (1, 2) or not 1 <= ids.shape[-1] <= n_ctx:
-            raise ValueError(f"{name} must be [n_seq] or [n_batch, n_seq] with 1 <= n_seq <= {n_ctx} (the "
-                             f"context), not of shape {ids.shape}")
+        if ids.ndim not in (1, 2) or ids.size == 0 or ids.shape[-1] > n_ctx:
+            raise ValueError(f"{name} must be [n_seq] or [n_batch, n_seq] with n_batch >= 1 and 1 <= n_seq <= "
+                             f"{n_ctx} (the context), not of shape {ids.shape}")
         if ids.size and not (0 <= ids.min() and ids.max() < n_vocab):
             raise ValueError(f"{name} must be token ids from 0 to {n_vocab - 1}, not {ids.min()} to {ids.max()}")
     if inputs.shape != targets.shape:
@@ -266,8 +303,9 @@ def leaves(tree):
 
 
 def writable_copy(params):
-    """params as new writable arrays, for training in place (the loader's arrays are read-only views)."""
-    return tree_map(np.array, params)
+    """params as new writable arrays in one piece each, for training in place (the loader's arrays are
+    read-only views of the checkpoint)."""
+    return tree_map(lambda p: np.array(p, order="C"), params)
 
 
 def adamw_state(params):
@@ -303,6 +341,9 @@ def adamw(params, grads, state, lr, weight_decay=0.0, max_norm=None, beta1=0.9, 
     where the weight decay applies only to the matrices and embeddings (ndim >= 2), not to biases and
     layer-norm gains, as nanoGPT does. params must be writable (see writable_copy).
     """
+    if not all(p.flags.writeable and p.flags.c_contiguous for p in leaves(params)):
+        raise ValueError("adamw updates params in place and needs writable arrays in one piece: give it "
+                         "writable_copy(params) (the loader's arrays are read-only views of the checkpoint)")
     norm = global_norm(grads)
     clip = max_norm / (norm + 1e-6) if max_norm is not None and norm > max_norm else 1.0
     state["step"] += 1

@@ -24,9 +24,9 @@ Each figure is printed next to its baseline, since timings on a shared machine d
   peak memory   of a process generating 64 tokens, first run and later / size of the weights
   train         forward + backward (train.loss_and_grads) on [4, 256] tokens: tokens/s and GFLOP/s (the matrix
                 products of forward and backward, 3x the forward's, attention's included) / sgemm GFLOP/s on the
-                same weight-matrix products alone, taking turns; the peak memory of a process doing one step
-                (loss_and_grads, then AdamW on a writable copy of the weights) / weights; one AdamW step's time
-                / the forward + backward's (--train_only: these rows alone)
+                same weight-matrix products alone, taking turns; the peak memory of a process doing forward +
+                backward alone, and of one doing two AdamW steps on a writable copy of the weights, / the
+                weights; one AdamW step's time / the forward + backward's (--train_only: these rows alone)
 """
 import argparse
 import os
@@ -178,6 +178,8 @@ def main():
                         help="other sizes to measure decode / floor for (each loaded, or written with --random)")
     parser.add_argument("--batch_only", action="store_true", help="only the samples and score_many rows")
     parser.add_argument("--train_only", action="store_true", help="only the forward + backward and AdamW rows")
+    parser.add_argument("--torch_python", help="a Python with torch and transformers: adds PyTorch's forward + "
+                        "backward, taking turns with train.py's (see benchmarks/pytorch_baseline.py)")
     args = parser.parse_args()
     model_dir = ensure_model(args)
     load_encoder_hparams_and_params(args.model_size, args.models_dir)  # any download happens here, untimed
@@ -288,18 +290,24 @@ def batch_rows(params, n_head):
 
 TRAIN_SHAPE = (4, 256)  # [n_batch, n_seq] of the training rows
 
-# One training step in a process of its own, for its peak memory: forward + backward, then AdamW on a writable
-# copy of the weights (weights + gradients + two moments, as in a fine-tuning run).
-TRAIN_STEP = """import sys
+# Training in a process of its own, for its peak memory: forward + backward alone on the loader's weights
+# ("fwd+bwd"), or two steps of a fine-tuning run ("adamw"): a writable copy of the weights, forward + backward,
+# AdamW (weights + gradients + two moments), the gradients dropped before the next step.
+TRAIN_CHILD = """import sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np, train
 from utils import load_encoder_hparams_and_params
 _, hparams, params = load_encoder_hparams_and_params(sys.argv[2], sys.argv[3])
-ids = np.random.default_rng(0).integers(0, hparams["n_vocab"], (int(sys.argv[4]), int(sys.argv[5]) + 1))
-params = train.writable_copy(params)
-state = train.adamw_state(params)
-loss, grads = train.loss_and_grads(ids[:, :-1], ids[:, 1:], params, hparams["n_head"])
-train.adamw(params, grads, state, lr=1e-4, weight_decay=0.1, max_norm=1.0)"""
+ids = np.random.default_rng(0).integers(0, hparams["n_vocab"], (int(sys.argv[5]), int(sys.argv[6]) + 1))
+if sys.argv[4] == "fwd+bwd":
+    train.loss_and_grads(ids[:, :-1], ids[:, 1:], params, hparams["n_head"])
+else:
+    params = train.writable_copy(params)
+    state = train.adamw_state(params)
+    for _ in range(2):
+        loss, grads = train.loss_and_grads(ids[:, :-1], ids[:, 1:], params, hparams["n_head"])
+        train.adamw(params, grads, state, lr=1e-4, weight_decay=0.1, max_norm=1.0)
+        del grads"""
 
 
 def train_flops(hparams, n_batch, n_seq, block=gpt2.QUERY_BLOCK):
@@ -312,41 +320,93 @@ def train_flops(hparams, n_batch, n_seq, block=gpt2.QUERY_BLOCK):
 
 
 def train_products(params, rows):
-    """A function doing forward + backward's weight-matrix products alone, at their real shapes: x w, dy w^T and
-    x^T dy for every linear, the tied output projection's three included."""
-    mats = weight_matrices(params)
+    """A function doing forward + backward's weight-matrix products alone, as train.py does them: x w, dy w^T and
+    x^T dy for every linear of the blocks, and the tied output projection's a wte^T, dy wte and dy^T a. Each
+    result is dropped at once, so its memory is reused: the rate of the products themselves."""
+    mats = weight_matrices(params)[:-1]
     xs = [np.ones((rows, m.shape[0]), np.float32) for m in mats]
     dys = [np.ones((rows, m.shape[1]), np.float32) for m in mats]
-    return lambda: [(x @ m, dy @ m.T, x.T @ dy) for x, m, dy in zip(xs, mats, dys)]
+    wte = params["wte"]
+    a, dlogits = np.ones((rows, wte.shape[1]), np.float32), np.ones((rows, wte.shape[0]), np.float32)
+
+    def products():
+        for x, m, dy in zip(xs, mats, dys):
+            for product in (lambda: x @ m, lambda: dy @ m.T, lambda: x.T @ dy):
+                product()
+        for product in (lambda: a @ wte.T, lambda: dlogits @ wte, lambda: dlogits.T @ a):
+            product()
+
+    return products
 
 
 def train_rows(args):
-    """Forward + backward against the same products alone (taking turns), peak memory of one training step, and
-    one AdamW step."""
+    """Forward + backward against the same products alone (and PyTorch's, with --torch_python), taking turns; the
+    peak memory of forward + backward and of AdamW steps; one AdamW step's time."""
     _, hparams, params = load_encoder_hparams_and_params(args.model_size, args.models_dir)
     n_batch, n_seq = TRAIN_SHAPE
     ids = np.random.default_rng(0).integers(0, hparams["n_vocab"], (n_batch, n_seq + 1))
     step = lambda: train.loss_and_grads(ids[:, :-1], ids[:, 1:], params, hparams["n_head"])  # noqa: E731
-    products = train_products(params, n_batch * n_seq)
+    products, torch_step = train_products(params, n_batch * n_seq), pytorch_server(args)
     step(), products()  # warm up: page the weights in
-    rounds = [(best_of(products, 1), best_of(step, 1)) for _ in range(3)]
-    alone, both = (float(np.median(column)) for column in zip(*rounds))
+    rounds = [tuple(settled(f) for f in (products, step, torch_step)) for _ in range(3)]
+    alone, both, torch = (float(np.median(column)) for column in zip(*rounds))
     dense, attention = train_flops(hparams, n_batch, n_seq)
-    ratio = float(np.median([(dense + attention) / b / (dense / a) for a, b in rounds]))
-    rows = [(f"train fwd+bwd {n_batch}x{n_seq}", f"{n_batch * n_seq / both:.0f} tokens/s, {both:.2f} s, "
+    ratio = float(np.median([(dense + attention) / b / (dense / a) for a, b, _ in rounds]))
+    tokens = n_batch * n_seq
+    rows = [(f"train fwd+bwd {n_batch}x{n_seq}", f"{tokens / both:.0f} tokens/s, {both:.2f} s, "
              f"{(dense + attention) / both / 1e9:.0f} GFLOP/s", f"sgemm {dense / alone / 1e9:.0f} GFLOP/s",
              f"{ratio:.0%} of sgemm")]
-
-    _, peak = run_peak([sys.executable, "-c", TRAIN_STEP, ROOT, args.model_size, args.models_dir, str(n_batch),
-                        str(n_seq)])
-    weights = sum(p.nbytes for p in train.leaves(params)) / 2**20
-    rows.append((f"train step peak memory {n_batch}x{n_seq}", f"{peak:.0f} MB", f"weights {weights:.0f} MB",
-                 f"{peak / weights:.2f}x weights (weights + grads + 2 moments: 4x)"))
+    if args.torch_python:
+        rows.append((f"PyTorch fwd+bwd {n_batch}x{n_seq}", f"{tokens / torch:.0f} tokens/s, {torch:.2f} s",
+                     f"numpy {both:.2f} s", f"numpy {float(np.median([t / b for _, b, t in rounds])):.2f}x as fast"))
+    rows += train_memory_rows(args, sum(p.nbytes for p in train.leaves(params)) / 2**20)
 
     writable, (_, grads) = train.writable_copy(params), step()
     state = train.adamw_state(writable)
     seconds = best_of(lambda: train.adamw(writable, grads, state, lr=1e-4, weight_decay=0.1, max_norm=1.0), 3)
     rows.append(("AdamW step", f"{seconds:.2f} s", f"fwd+bwd {both:.2f} s", f"{seconds / both:.0%} of fwd+bwd"))
+    return rows
+
+
+def settled(f):
+    """Seconds of the second of two calls of f in a row: the first lets the threads of whatever ran before
+    (OpenBLAS's, PyTorch's) stop spinning, and takes back the memory the machine reclaimed meanwhile, as
+    happens here after a pause of half a second. A training loop runs its steps back to back like this."""
+    f()
+    return best_of(f, 1)
+
+
+def pytorch_server(args):
+    """A function that has pytorch_baseline.py --serve, in args.torch_python, do one forward + backward (or
+    nothing, without it)."""
+    if not args.torch_python:
+        return lambda: None
+    server = subprocess.Popen([args.torch_python, os.path.join(ROOT, "benchmarks", "pytorch_baseline.py"), "--serve"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    if server.stdout.readline().strip() != "ready":
+        sys.exit("pytorch_baseline.py --serve did not start")
+
+    def torch_step():
+        server.stdin.write("step\n")
+        server.stdin.flush()
+        server.stdout.readline()
+
+    return torch_step
+
+
+def train_memory_rows(args, weights):
+    """Peak memory of forward + backward, of two AdamW steps, and of PyTorch's forward + backward if asked."""
+    n_batch, n_seq = TRAIN_SHAPE
+    rows, peaks = [], {}
+    for mode, label in (("fwd+bwd", "fwd+bwd"), ("adamw", "2 AdamW steps")):
+        _, peaks[mode] = run_peak([sys.executable, "-c", TRAIN_CHILD, ROOT, args.model_size, args.models_dir, mode,
+                                   str(n_batch), str(n_seq)])
+        rows.append((f"peak memory, {label} {n_batch}x{n_seq}", f"{peaks[mode]:.0f} MB", f"weights {weights:.0f} MB",
+                     f"{peaks[mode] / weights:.2f}x weights"))
+    if args.torch_python:
+        _, torch = run_peak([args.torch_python, os.path.join(ROOT, "benchmarks", "pytorch_baseline.py"), "--child"])
+        rows.append((f"PyTorch peak memory, fwd+bwd {n_batch}x{n_seq}", f"{torch:.0f} MB",
+                     f"numpy {peaks['fwd+bwd']:.0f} MB", f"numpy {peaks['fwd+bwd'] / torch:.0%} of PyTorch's"))
     return rows
 
 

@@ -8,6 +8,9 @@ Hugging Face's GPT2LMHeadModel(GPT2Config()), randomly initialised, dropout 0, f
 the same work as train.loss_and_grads: logits for [4, 256] token ids, mean cross-entropy over every position,
 backward. Prints seconds per call (median of --repeat after one warm-up), tokens/s, and the peak resident memory
 of a child process that does one call (as bench.py's LAUNCHER measures train.py's).
+
+bench.py --torch_python PATH uses it to take turns with train.py in one run: --serve reads a line per step from
+stdin and answers each with the step's seconds; --child does one step and prints its peak memory in kB.
 """
 import argparse
 import os
@@ -24,7 +27,7 @@ def step(model, inputs, targets):
     logits = model(inputs).logits
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
     loss.backward()
-    return float(loss)
+    return loss.item()
 
 
 def setup(n_batch, n_seq, threads):
@@ -38,6 +41,15 @@ def setup(n_batch, n_seq, threads):
     return model, ids[:, :-1], ids[:, 1:]
 
 
+def serve(model, inputs, targets):
+    step(model, inputs, targets)  # warm up
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        start = time.perf_counter()
+        step(model, inputs, targets)
+        print(time.perf_counter() - start, flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=4)
@@ -45,7 +57,10 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--child", action="store_true", help="one call, then print this process's peak memory")
+    parser.add_argument("--serve", action="store_true", help="a step per line read from stdin, answering seconds")
     args = parser.parse_args()
+    if args.serve:
+        return serve(*setup(args.batch, args.seq, args.threads))
     if not args.child:  # first, while this process is small: a child's peak memory starts from its parent's
         child = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--batch", str(args.batch),
                                 "--seq", str(args.seq), "--threads", str(args.threads)], capture_output=True, text=True)

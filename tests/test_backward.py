@@ -13,10 +13,9 @@ TOLERANCE = 1e-9  # float64 agrees to about 1e-15; a wrong formula is off by far
 
 def named_leaves(tree, prefix=""):
     """{"blocks.0.attn.c_attn.w": array, ...} for a tree shaped like params (or any nest of dicts and lists)."""
-    if isinstance(tree, dict):
-        return {name: leaf for key, value in tree.items() for name, leaf in named_leaves(value, f"{prefix}{key}.").items()}
-    if isinstance(tree, list):
-        return {name: leaf for i, value in enumerate(tree) for name, leaf in named_leaves(value, f"{prefix}{i}.").items()}
+    if isinstance(tree, (dict, list)):
+        branches = tree.items() if isinstance(tree, dict) else enumerate(tree)
+        return {name: leaf for key, value in branches for name, leaf in named_leaves(value, f"{prefix}{key}.").items()}
     return {prefix.rstrip("."): tree}
 
 
@@ -101,6 +100,20 @@ def test_attention_backward(n_q, n_k):
     theirs = ref.vjp(ref.attention, dy, q, k, v)
     ours = train.attention_backward(dy, q, k, v, weights)
     assert_same_gradients("attention_backward", dict(zip("qkv", ours)), dict(zip("qkv", theirs)))
+
+
+@pytest.mark.parametrize("n_q, n_k, block", [(9, 9, 4), (5, 9, 2), (7, 7, 128)])  # blocks; a cache's case; one
+def test_causal_attention_backward(n_q, n_k, block):
+    import tensorflow as tf
+
+    q, k, v = normal(2, 3, n_q, 8), normal(2, 3, n_k, 8), normal(2, 3, n_k, 8)
+    dy = normal(2, n_q, 3, 8)  # the heads side by side, as causal_attention returns them
+    kept = []
+    gpt2.causal_attention(q, k, v, block, kept)
+    assert len(kept) == -(-n_q // block)
+    theirs = ref.vjp(lambda q, k, v: tf.transpose(ref.attention(q, k, v), [0, 2, 1, 3]), dy, q, k, v)
+    ours = train.causal_attention_backward(dy, q, k, v, kept)
+    assert_same_gradients("causal_attention_backward", dict(zip("qkv", ours)), dict(zip("qkv", theirs)))
 
 
 def test_ffn_backward():

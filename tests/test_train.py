@@ -96,7 +96,8 @@ def test_loss_and_grads_keeps_params_and_dtype(case):
     ([1, 2, 3], [1, 2], "must have the same shape"),
     ([[[1, 2]]], [[[1, 2]]], "must be [n_seq] or [n_batch, n_seq]"),
     ([], [], "must be [n_seq] or [n_batch, n_seq]"),
-    (list(range(65)), list(range(65)), "1 <= n_seq <= 64"),
+    (np.zeros((0, 5), int), np.zeros((0, 5), int), "n_batch >= 1"),
+    (list(range(65)), list(range(65)), "1 <= n_seq <= 64 (the context)"),
     ([1, 50257], [1, 2], "token ids from 0 to 50256"),
     ([1, 2], [-1, 2], "token ids from 0 to 50256"),
 ])
@@ -151,6 +152,17 @@ def test_adamw_matches_the_papers_update(case, dtype, tolerance):
         assert p.dtype == dtype
         error = np.abs(p - expected[name]).max() / np.abs(expected[name]).max()
         assert error <= tolerance, f"adamw: {name} off by {error:.1e} (relative to its largest value) after 10 steps"
+
+
+def test_adamw_refuses_params_it_cannot_update_in_place(case):
+    params = case("tiny batch")["params"]  # the loader's read-only views
+    grads = train.tree_map(np.zeros_like, params)
+    with pytest.raises(ValueError, match="writable_copy"):
+        train.adamw(params, grads, train.adamw_state(params), lr=1e-3)
+    params = train.writable_copy(params)
+    params["blocks"][0]["mlp"]["c_fc"]["w"] = params["blocks"][0]["mlp"]["c_fc"]["w"].T.copy().T  # not C-ordered
+    with pytest.raises(ValueError, match="writable_copy"):
+        train.adamw(params, grads, train.adamw_state(params), lr=1e-3)
 
 
 def test_adamw_resumed_from_saved_state_is_bit_identical(case, tmp_path):
@@ -224,3 +236,16 @@ def test_overfitting_one_batch(tiny_models):
     assert abs(losses[0] - math.log(hparams["n_vocab"])) < 0.1
     assert all(b < a for a, b in zip(losses, losses[1:]))
     assert losses[-1] < 2.5  # ln(50257) = 10.8
+
+
+def test_import_train_loads_numpy_and_the_standard_library_only():
+    import os
+    import subprocess
+    import sys
+
+    def third_party(code):
+        out = subprocess.run([sys.executable, "-c", code + "; import sys; print(*sys.modules)"], capture_output=True,
+                             text=True, check=True, cwd=os.path.dirname(os.path.abspath(train.__file__))).stdout.split()
+        return {name.split(".")[0] for name in out} - set(sys.stdlib_module_names)
+
+    assert third_party("import train") - third_party("pass") == {"train", "gpt2", "numpy"}
