@@ -1,4 +1,4 @@
-"""The command lines of gpt2.py, train.py and utils.py: flags checked once, texts read, progress shown, results printed and saved, errors shown as one line.
+"""The command lines of gpt2.py, train.py and utils.py: flags checked, texts read, results shown and saved, errors in one line.
 
 Each check is a small function used wherever it applies; the model's own checks (gpt2.check_*)
 are called with flag="--" so that their messages name the flags. run_command() gives every command the

@@ -1,4 +1,4 @@
-"""Training GPT-2 in NumPy: the backward pass of every function of gpt2.py, the loss and its gradients, and AdamW.
+"""Training GPT-2 in NumPy: the backward of every function of gpt2.py, the gradients of the loss, AdamW, fine-tuning steps.
 
 The backward functions come in the order of gpt2.py's forward ones, and each undoes one of them: it takes dy,
 the gradient of the loss with respect to the forward's output, then the forward's own arguments in the same
@@ -10,6 +10,10 @@ go of each kept tensor as soon as it has used it.
 
 Shapes as in gpt2.py; "rows" are all positions of all sequences of a batch, [..., n] read as [n_rows, n].
 Everything computes in the dtype of the parameters: float32 to train, float64 to check the gradients.
+
+At the end come the pieces of a fine-tuning run on a text: random windows of it (get_batch), the learning
+rate's warmup, one AdamW step on accumulated batches (train_step) and the validation loss (evaluate). They read
+and write no file: `python train.py` (cli.py) runs them, saving and resuming.
 """
 import math
 import os

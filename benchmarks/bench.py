@@ -168,7 +168,7 @@ def ensure_model(args):
     return model_dir
 
 
-def main():
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_size", default="124M", choices=list(SHAPES))
     parser.add_argument("--models_dir", default="models")
@@ -180,34 +180,46 @@ def main():
     parser.add_argument("--train_only", action="store_true", help="only the forward + backward and AdamW rows")
     parser.add_argument("--torch_python", help="a Python with torch and transformers: adds PyTorch's forward + "
                         "backward, taking turns with train.py's (see benchmarks/pytorch_baseline.py)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
     model_dir = ensure_model(args)
     load_encoder_hparams_and_params(args.model_size, args.models_dir)  # any download happens here, untimed
-
     if args.train_only:
         return print_rows(args, train_rows(args))
-
     if args.batch_only:
         _, hparams, params = load_encoder_hparams_and_params(args.model_size, args.models_dir)
         return print_rows(args, batch_rows(params, hparams["n_head"]))
     rows = startup_rows(args, model_dir)
     if args.startup_only:
         return print_rows(args, rows)
-
     _, hparams, params = load_encoder_hparams_and_params(args.model_size, args.models_dir)
-    n_head = hparams["n_head"]
-    rows += batch_rows(params, n_head)
+    rows += batch_rows(params, hparams["n_head"])
     rows += train_rows(args)
-    prompt = list(range(1000, 1016))
-    decode(params, n_head, prompt, 4)  # warm up: page the weights in
-    floor, first, per_token, ratio = decode_against(lambda: decode_floor(params), params, n_head, prompt, 64, 5)
-    rows.append(("decode (16 + 64 tokens)", f"{per_token * 1e3:.1f} ms/token", f"floor {floor * 1e3:.1f} ms",
-                 f"{ratio:.2f}x floor"))
+    rows += decode_rows(params, hparams["n_head"])
+    prefills, prefill = prefill_rows(params, hparams)
+    rows += [*prefills, score_row(params, hparams, prefill)]
+    del params
+    rows += other_size_rows(args)
+    print_rows(args, rows)
+
+
+PROMPT = list(range(1000, 1016))  # the 16-token prompt of the decode rows
+
+
+def decode_rows(params, n_head):
+    """Decode at 16 + 64 against the floor, the same without a cache, and at 768 + 128 against the floor plus
+    one read of the cache."""
+    decode(params, n_head, PROMPT, 4)  # warm up: page the weights in
+    floor, first, per_token, ratio = decode_against(lambda: decode_floor(params), params, n_head, PROMPT, 64, 5)
+    rows = [("decode (16 + 64 tokens)", f"{per_token * 1e3:.1f} ms/token", f"floor {floor * 1e3:.1f} ms",
+             f"{ratio:.2f}x floor")]
     total = first + 63 * per_token
-    slow = no_cache(params, n_head, prompt, 64)
+    slow = no_cache(params, n_head, PROMPT, 64)
     rows.append(("no cache, all logits", f"{slow:.1f} s for 64", f"cached {total:.2f} s",
                  f"{slow / total:.1f}x speedup (at most {slow / (first + 63 * floor):.1f}x at the floor)"))
-
     # A long context: the cache read grows with it, the rest should not. Its baseline is the floor
     # plus one read of the cache at the median length of the 128 steps (768 + 64 positions).
     long_prompt = list(range(2000, 2768))
@@ -215,7 +227,13 @@ def main():
         lambda: decode_floor(params) + cache_read(params, n_head, 768 + 64), params, n_head, long_prompt, 128, 3)
     rows.append(("decode (768 + 128 tokens)", f"{per_token * 1e3:.1f} ms/token",
                  f"floor + cache read {floor_read * 1e3:.1f} ms", f"{ratio:.2f}x (floor + cache read)"))
+    return rows
 
+
+def prefill_rows(params, hparams):
+    """512- and 1024-token prompts against the sgemm rate of the same products; also the 1024-token
+    prompt's tokens/s, score's baseline."""
+    rows, n_head = [], hparams["n_head"]
     for n in (512, 1024):
         prompt_n = list(range(2000, 2000 + n))
         seconds = best_of(lambda: gpt2.gpt2(prompt_n, **params, n_head=n_head, cache=gpt2.kv_cache(params, n_head, n),
@@ -223,29 +241,34 @@ def main():
         achieved, sgemm = prefill_flops(hparams, n) / seconds / 1e9, sgemm_rate(params, n)
         rows.append((f"prefill ({n} tokens)", f"{n / seconds:.0f} tokens/s, {achieved:.0f} GFLOP/s",
                      f"sgemm {sgemm:.0f} GFLOP/s", f"{achieved / sgemm:.0%} of sgemm"))
+    return rows, 1024 / seconds
 
+
+def score_row(params, hparams, prefill):
+    """A 4096-token text at score's default stride against the 1024-token prefill's tokens/s."""
     n_ctx, text = hparams["n_ctx"], list(range(3000, 3000 + 4096))
     stride = n_ctx // 2  # score's default
     starts = range(0, len(text) - n_ctx + stride, stride)
     fed = sum(min(start + n_ctx, len(text)) - start for start in starts)  # positions the windows run
-    scoring = best_of(lambda: gpt2.score(text, params, n_head), 2)
-    prefill = 1024 / seconds  # the loop above ends with the 1024-token prompt: one whole window
-    rows.append((f"score ({len(text)} tokens, stride {stride})", f"{len(text) / scoring:.0f} tokens/s, "
-                 f"{len(starts)} windows", f"prefill {prefill:.0f} tokens/s",
-                 f"{len(text) / scoring / prefill:.0%} of prefill (ideal {len(text) / fed:.0%})"))
+    scoring = best_of(lambda: gpt2.score(text, params, hparams["n_head"]), 2)
+    return (f"score ({len(text)} tokens, stride {stride})", f"{len(text) / scoring:.0f} tokens/s, "
+            f"{len(starts)} windows", f"prefill {prefill:.0f} tokens/s",
+            f"{len(text) / scoring / prefill:.0%} of prefill (ideal {len(text) / fed:.0%})")
 
-    del params
-    for size in args.decode_sizes:  # decode alone, for the bigger shapes' weight matrices
+
+def other_size_rows(args):
+    """Decode alone against the floor for the bigger shapes' weight matrices (--decode_sizes)."""
+    rows = []
+    for size in args.decode_sizes:
         ensure_model(argparse.Namespace(**{**vars(args), "model_size": size}))
-        _, other_hparams, other = load_encoder_hparams_and_params(size, args.models_dir)
-        decode(other, other_hparams["n_head"], prompt, 4)
-        floor, _, per_token, ratio = decode_against(lambda: decode_floor(other), other, other_hparams["n_head"],
-                                                    prompt, 64, 3)
+        _, hparams, params = load_encoder_hparams_and_params(size, args.models_dir)
+        decode(params, hparams["n_head"], PROMPT, 4)
+        floor, _, per_token, ratio = decode_against(lambda: decode_floor(params), params, hparams["n_head"],
+                                                    PROMPT, 64, 3)
         rows.append((f"decode {size} (16 + 64)", f"{per_token * 1e3:.1f} ms/token", f"floor {floor * 1e3:.1f} ms",
                      f"{ratio:.2f}x floor"))
-        del other
-
-    print_rows(args, rows)
+        del params
+    return rows
 
 
 def step_seconds(params, n_head, prompt, n_new, n_samples):
@@ -269,9 +292,8 @@ def step_seconds(params, n_head, prompt, n_new, n_samples):
 
 def batch_rows(params, n_head):
     """8 samples per step against one sample's, and score_many against scoring line by line."""
-    prompt = list(range(1000, 1016))
-    step_seconds(params, n_head, prompt, 4, 8)  # warm up: page the weights in
-    rounds = [(step_seconds(params, n_head, prompt, 64, None), step_seconds(params, n_head, prompt, 64, 8))
+    step_seconds(params, n_head, PROMPT, 4, 8)  # warm up: page the weights in
+    rounds = [(step_seconds(params, n_head, PROMPT, 64, None), step_seconds(params, n_head, PROMPT, 64, 8))
               for _ in range(3)]  # taking turns, so that both see the machine in the same state
     one, eight = (float(np.median(column)) for column in zip(*rounds))
     ratio = float(np.median([b / a for a, b in rounds]))
