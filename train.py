@@ -42,9 +42,11 @@ def by_rows(fn, *arrays, out=None):  # fn: [m, n] arrays -> [m, k]; arrays [...,
     so the threads keep every core busy."""
     out, parts = np.empty_like(arrays[0]) if out is None else out, [rows(a) for a in arrays]
     step = max(1, NUMBERS_AT_ONCE // parts[0].shape[1])
+    errors = np.geterr()  # the caller's np.errstate, which is per thread
 
     def work(start):
-        rows(out)[start:start + step] = fn(*(part[start:start + step] for part in parts))
+        with np.errstate(**errors):
+            rows(out)[start:start + step] = fn(*(part[start:start + step] for part in parts))
 
     list(THREADS.map(work, range(0, len(parts[0]), step)))
     return out

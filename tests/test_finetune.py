@@ -58,6 +58,7 @@ def test_accumulated_batches_make_one_big_batch(tiny):
     assert any(not np.array_equal(x, y) for x, y in zip(a, train.leaves(params)))  # the step did move the weights
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # np.errstate must reach by_rows' threads too
 def test_a_step_that_goes_non_finite_says_so(tiny):
     params, hparams = tiny
     p, state = train.writable_copy(params), train.adamw_state(params)
