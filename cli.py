@@ -378,7 +378,7 @@ def check_resumable(record, flags, out, text_hashes):
                              f"began with: leave out --{name} to go on with it, or start a new --out")
     for name, key, text_hash in (("data", "data_sha256", text_hashes[0]), ("val_data", "val_sha256", text_hashes[1])):
         if text_hash != record[key]:
-            raise ValueError(f"the run in {out} learned from another --{name}" + (f": give it again" if text_hash is None
+            raise ValueError(f"the run in {out} learned from another --{name}" + (": give it again" if text_hash is None
                              else " (its sha256 differs): give the same file, or start a new --out"))
     named = [name for name in given_flags(train_main, flags) if name in ("model_size", "models_dir", "model_dir")]
     if named and index_sha256(start_folder(flags)) != record["start"]["index_sha256"]:
