@@ -1,4 +1,4 @@
-"""The command lines of gpt2.py, train.py and utils.py: flags checked, texts read, results shown and saved, errors in one line.
+"""The command lines of gpt2.py, train.py and utils.py: flags checked, texts read, results shown, errors in one line.
 
 Each check is a small function used wherever it applies; the model's own checks (gpt2.check_*)
 are called with flag="--" so that their messages name the flags. run_command() gives every command the
@@ -26,8 +26,9 @@ GENERATION_FLAGS = ("n_tokens_to_generate", "temperature", "top_k", "top_p", "se
 def run_command(main, text_flags=()):
     """Run main(**flags) as this process's command line, with fire.
 
-    text_flags: the flags to take verbatim (fire would turn "1e3" into a number). A lone "-" after a flag is that flag's value (stdin), not fire's separator. Results are
-    printed by main itself, so fire prints nothing more."""
+    text_flags: the flags to take verbatim (fire would turn "1e3" into a number). A lone "-"
+    after a flag is that flag's value (stdin), not fire's separator. Results are printed by main
+    itself, so fire prints nothing more."""
     import fire
 
     argv = []
@@ -38,7 +39,8 @@ def run_command(main, text_flags=()):
             argv.append(arg)
     try:
         check_text_values(argv, text_flags)
-        fire.Fire(fire.decorators.SetParseFns(**dict.fromkeys(text_flags, str))(main), command=argv, serialize=lambda result: None)
+        verbatim = fire.decorators.SetParseFns(**dict.fromkeys(text_flags, str))(main)
+        fire.Fire(verbatim, command=argv, serialize=lambda result: None)
     except KeyboardInterrupt:
         sys.exit(130)
     except BrokenPipeError:  # `python gpt2.py ... | head` closed the pipe: not an error
@@ -479,8 +481,8 @@ def resume_state(run):
 
     n_layer = run["hparams"]["n_layer"]
     with np.load(os.path.join(run["out"], STATE_FILE)) as saved:
-        moments = {key: unflatten({name.split("/", 1)[1]: saved[name] for name in saved.files if name.startswith(key + "/")},
-                                  n_layer) for key in ("m", "v")}
+        moments = {key: unflatten({name.removeprefix(key + "/"): saved[name] for name in saved.files
+                                   if name.startswith(key + "/")}, n_layer) for key in ("m", "v")}
         rng = np.random.default_rng()
         rng.bit_generator.state = json.loads(str(saved["rng"]))
         step = int(saved["step"])
@@ -514,15 +516,18 @@ def fine_tune(run):
 
 def train_one_step(run, bar):
     """One step of train.train_step, then what falls due at it: evaluating, logging, sampling, saving."""
-    from train import learning_rate, train_step
+    from train import leaves, learning_rate, train_step
 
     flags, step = run["flags"], run["step"] + 1
     lr = learning_rate(step, flags["lr"], flags["warmup"])
+    save = every(step, flags["save_every"]) or step == flags["steps"]
     start = time.perf_counter()
     with np.errstate(all="ignore"):  # a step that goes non-finite is reported as a whole, not op by op
         loss, _ = train_step(run["params"], run["state"], run["train"], run["rng"], run["hparams"]["n_head"],
                              flags["batch_size"], flags["seq_len"], lr, flags["accumulate"], flags["weight_decay"],
                              flags["grad_clip"] or None)
+        if save and not all(np.isfinite(p).all() for p in leaves(run["params"])):  # never saved
+            raise FloatingPointError("some weights are not finite")
     seconds = time.perf_counter() - start
     run["step"], run["record"]["elapsed"] = step, run["record"]["elapsed"] + seconds
     tokens_per_s = flags["batch_size"] * flags["seq_len"] * flags["accumulate"] / seconds
@@ -531,7 +536,7 @@ def train_one_step(run, bar):
     log_step(run, bar, (lr, loss, tokens_per_s), every(step, flags["eval_every"]) or step == flags["steps"])
     if every(step, flags["sample_every"]):
         print_training_sample(run, bar)
-    if every(step, flags["save_every"]) or step == flags["steps"]:
+    if save:
         save_run(run, bar)
 
 
@@ -582,17 +587,14 @@ def print_training_sample(run, bar):
 def save_run(run, bar):
     """The weights in OpenAI's layout, and the state a resumed run needs, as one save (utils.save_model_folder:
     a process killed while saving leaves the previous save or this one)."""
-    from train import leaves
     from utils import flatten, save_model_folder
-
-    if not all(np.isfinite(p).all() for p in leaves(run["params"])):
-        raise FloatingPointError("some weights are not finite")
 
     def write_state(path):
         moments = {f"{key}/{name}": array for key in ("m", "v") for name, array in flatten(run["state"][key]).items()}
         with open(path, "wb") as f:
-            np.savez(f, step=run["step"], rng=json.dumps(run["rng"].bit_generator.state),
-                     record=json.dumps({key: value for key, value in run["record"].items() if key != "step"}), **moments)
+            record = {key: value for key, value in run["record"].items() if key != "step"}
+            np.savez(f, step=run["step"], rng=json.dumps(run["rng"].bit_generator.state), record=json.dumps(record),
+                     **moments)
 
     save_model_folder(run["out"], run["params"], run["hparams"], run["vocab_dir"], {STATE_FILE: write_state})
     bar.write(f"step {run['step']}: saved to {run['out']}")
@@ -618,7 +620,8 @@ def plot_losses(run):
         from matplotlib.figure import Figure
     except ImportError:
         if not run.get("noted_plot"):
-            print("note: matplotlib is not installed, so there is no loss.png (log.csv has the losses)", file=sys.stderr)
+            print("note: matplotlib is not installed, so there is no loss.png (log.csv has the losses)",
+                  file=sys.stderr)
             run["noted_plot"] = True
         return
     with open(os.path.join(run["out"], LOG_FILE), encoding="utf-8") as f:

@@ -29,6 +29,7 @@ Each figure is printed next to its baseline, since timings on a shared machine d
                 weights; one AdamW step's time / the forward + backward's (--train_only: these rows alone)
 """
 import argparse
+import functools
 import os
 import subprocess
 import sys
@@ -263,8 +264,8 @@ def other_size_rows(args):
         ensure_model(argparse.Namespace(**{**vars(args), "model_size": size}))
         _, hparams, params = load_encoder_hparams_and_params(size, args.models_dir)
         decode(params, hparams["n_head"], PROMPT, 4)
-        floor, _, per_token, ratio = decode_against(lambda: decode_floor(params), params, hparams["n_head"],
-                                                    PROMPT, 64, 3)
+        floor, _, per_token, ratio = decode_against(functools.partial(decode_floor, params), params,
+                                                    hparams["n_head"], PROMPT, 64, 3)
         rows.append((f"decode {size} (16 + 64)", f"{per_token * 1e3:.1f} ms/token", f"floor {floor * 1e3:.1f} ms",
                      f"{ratio:.2f}x floor"))
         del params

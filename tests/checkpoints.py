@@ -3,8 +3,8 @@
 write_model() makes a model folder shaped like the ones OpenAI released (hparams.json, a TF1
 checkpoint named model.ckpt with the same variable names and shapes, encoder.json, vocab.bpe),
 so code written for the real downloads loads it unchanged. reference_logits() runs GPT-2's
-forward pass with TensorFlow ops straight from that checkpoint; it shares no code with the
-project's NumPy model, so the two can be checked against each other.
+forward pass with TensorFlow ops (tests/tf_reference.py) straight from that checkpoint; it shares
+no code with the project's NumPy model, so the two can be checked against each other.
 
 TensorFlow is imported inside the functions, so merely importing this module stays cheap.
 """
@@ -16,8 +16,6 @@ import shutil
 import numpy as np
 
 CHECKPOINT_NAME = "model.ckpt"
-LN_EPSILON = 1e-5
-MASK_FILL = 1e10  # OpenAI's model pushes masked attention scores down by this much
 
 
 def tensorflow():
@@ -152,7 +150,8 @@ def save_tf_checkpoint(prefix, weights):
 def reference_logits(model_dir, ids):
     """GPT-2 logits [len(ids), n_vocab] (float32) for every position, computed with TensorFlow.
 
-    Weights are read straight from model_dir's checkpoint, hyperparameters from hparams.json.
+    Weights are read straight from model_dir's checkpoint by TensorFlow's own reader, hyperparameters
+    from hparams.json, and run through the TensorFlow model of tests/tf_reference.py.
     """
     tf = tensorflow()
     model_dir = os.fspath(model_dir)
@@ -163,55 +162,34 @@ def reference_logits(model_dir, ids):
         raise ValueError(f"need 1 to n_ctx={hp['n_ctx']} tokens, got {len(ids)}")
     if ids.min() < 0 or ids.max() >= hp["n_vocab"]:
         raise ValueError(f"token ids must be in [0, {hp['n_vocab']})")
+    import tf_reference  # here, not above: it imports this module
+
     reader = tf.train.load_checkpoint(os.path.join(model_dir, CHECKPOINT_NAME))
-    params = {name: tf.constant(reader.get_tensor(name), dtype=tf.float32) for name in variable_shapes(hp)}
-    return reference_forward(tf, ids, params, hp["n_head"], hp["n_layer"]).numpy().astype(np.float32)
+    tensors, _ = tf_reference.to_tf(checkpoint_tree(reader.get_tensor, hp["n_layer"]), tf.float32)
+    return tf_reference.logits(ids, **tensors, n_head=hp["n_head"]).numpy().astype(np.float32)
 
 
-def reference_forward(tf, ids, params, n_head, n_layer):
-    """GPT-2's logits [n, n_vocab] for token ids [n], as a TensorFlow tensor, from a dict of the
-    checkpoint's variables (tensors of any float dtype) under their names ("model/h0/attn/c_attn/w").
-    The math is OpenAI's: pre-norm blocks, layer norm with epsilon 1e-5, causal attention whose
-    masked scores are w*b - 1e10*(1-b), tanh GELU, and output logits through the token embedding.
-    """
-    wte = params["model/wte"]
-    h = tf.gather(wte, ids) + params["model/wpe"][:len(ids)]
-    for i in range(n_layer):
-        block = {name.removeprefix(f"model/h{i}/"): p for name, p in params.items() if name.startswith(f"model/h{i}/")}
-        h = h + tf_attention(tf, tf_layer_norm(tf, h, block, "ln_1"), block, n_head)
-        h = h + tf_mlp(tf, tf_layer_norm(tf, h, block, "ln_2"), block)
-    h = tf_layer_norm(tf, h, {"ln_f/g": params["model/ln_f/g"], "ln_f/b": params["model/ln_f/b"]}, "ln_f")
-    return tf.matmul(h, wte, transpose_b=True)
+def reference_log_probs(model_dir, inputs):
+    """Each token's log-probability after [EOT] + the tokens before it, from one pass of the
+    TensorFlow reference and a float64 log-softmax via logaddexp."""
+    logits = reference_logits(model_dir, [50256] + list(inputs)[:-1]).astype(np.float64)  # 50256: <|endoftext|>
+    return logits[np.arange(len(inputs)), inputs] - np.logaddexp.reduce(logits, axis=-1)
 
 
-def tf_layer_norm(tf, x, p, scope):
-    mean = tf.reduce_mean(x, axis=-1, keepdims=True)
-    centred = x - mean
-    var = tf.reduce_mean(tf.square(centred), axis=-1, keepdims=True)
-    return centred * tf.math.rsqrt(var + LN_EPSILON) * p[scope + "/g"] + p[scope + "/b"]
+def checkpoint_tree(get, n_layer):
+    """OpenAI's variables, get(name) each, as the parameter tree tf_reference's model takes (each
+    conv1d weight [1, nx, nf] as [nx, nf])."""
+    def layer(scope):
+        return {"w": get(scope + "/w")[0], "b": get(scope + "/b")}
 
+    def norm(scope):
+        return {"g": get(scope + "/g"), "b": get(scope + "/b")}
 
-def tf_conv1d(tf, x, p, scope):
-    return tf.einsum("tx,oxf->tf", x, p[scope + "/w"]) + p[scope + "/b"]  # w: [1, nx, nf]
-
-
-def tf_gelu(tf, x):
-    return 0.5 * x * (1.0 + tf.math.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
-
-
-def tf_attention(tf, x, p, n_head):
-    n = x.shape[0]
-    qkv = tf.reshape(tf_conv1d(tf, x, p, "attn/c_attn"), [n, 3, n_head, -1])  # q, k, v each split into heads
-    q, k, v = tf.unstack(qkv, axis=1)  # each [n, heads, d_head]
-    scores = tf.einsum("qhd,khd->hqk", q, k) / math.sqrt(q.shape[-1])
-    keep = tf.linalg.band_part(tf.ones([n, n], dtype=x.dtype), -1, 0)  # 1 where query i may see key j <= i
-    probs = tf.nn.softmax(scores * keep - MASK_FILL * (1.0 - keep), axis=-1)
-    heads = tf.einsum("hqk,khd->qhd", probs, v)  # back to [n, heads, d_head]
-    return tf_conv1d(tf, tf.reshape(heads, [n, -1]), p, "attn/c_proj")
-
-
-def tf_mlp(tf, x, p):
-    return tf_conv1d(tf, tf_gelu(tf, tf_conv1d(tf, x, p, "mlp/c_fc")), p, "mlp/c_proj")
+    blocks = [{"ln_1": norm(f"model/h{i}/ln_1"), "ln_2": norm(f"model/h{i}/ln_2"),
+               "attn": {"c_attn": layer(f"model/h{i}/attn/c_attn"), "c_proj": layer(f"model/h{i}/attn/c_proj")},
+               "mlp": {"c_fc": layer(f"model/h{i}/mlp/c_fc"), "c_proj": layer(f"model/h{i}/mlp/c_proj")}}
+              for i in range(n_layer)]
+    return {"wte": get("model/wte"), "wpe": get("model/wpe"), "blocks": blocks, "ln_f": norm("model/ln_f")}
 
 
 def random_bits(shape, rng):

@@ -271,7 +271,7 @@ def test_killed_at_random_moments_while_saving_every_step(tmp_path, no_fsync):
     start = time.perf_counter()
     save_step(model_dir, 1)
     seconds = time.perf_counter() - start
-    rng, step, kills_in_save, outcomes = random.Random(0), 1, 0, set()
+    rng, step, outcomes = random.Random(0), 1, set()
     for _ in range(40):
         read, write = os.pipe()
         pid = os.fork()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gpt2
-from checkpoints import reference_logits
+from checkpoints import reference_log_probs
 from utils import load_encoder_hparams_and_params
 
 N_CTX = 64  # the tiny model's context (conftest.SHAPES["tiny"])
@@ -21,13 +21,6 @@ def tiny(tiny_models):
 
 def random_ids(n, seed=0):
     return [int(i) for i in np.random.default_rng(seed).integers(0, 50257, n)]
-
-
-def reference_log_probs(model_dir, inputs):
-    """Each token's log-probability after [EOT] + the tokens before it, from one pass of the
-    TensorFlow reference (tests/checkpoints.py) and a float64 log-softmax via logaddexp."""
-    logits = reference_logits(model_dir, [gpt2.EOT] + list(inputs)[:-1]).astype(np.float64)
-    return logits[np.arange(len(inputs)), inputs] - np.logaddexp.reduce(logits, axis=-1)
 
 
 def window_start(i, stride):

@@ -2,7 +2,6 @@
 OpenAI's checkpoint layout read back by TensorFlow, resuming bit for bit, SIGKILL while saving, Ctrl-C, and a
 one-line error for each kind of bad input."""
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+import store
 from conftest import ROOT
 from server import serve
 from test_cli import assert_one_line_error, closed_port_url, reference_greedy_text
@@ -106,23 +106,25 @@ def test_resume_gives_the_same_bits_as_one_run(tiny_models, text, tmp_path):
 
 
 def test_sigkill_while_saving_leaves_a_save_that_resumes_bit_for_bit(tiny_models, text, tmp_path):
-    """Killed at random moments while it saves every step, the run always leaves one whole save: the folder
-    loads, and resuming from it to the end gives exactly the weights of a run that was never killed."""
-    args = ("--data", text, "--model_dir", os.path.join(tiny_models, "124M"), "--steps", "40", "--save_every", "1",
+    """Killed in the middle of a save (while its .saving folder exists), the run always leaves one whole save:
+    the folder loads, and resuming from it to the end gives exactly the weights of a run never killed."""
+    args = ("--data", text, "--model_dir", os.path.join(tiny_models, "124M"), "--steps", "30", "--save_every", "1",
             "--eval_every", "0", *FAST)
     assert train(*args, "--out", str(tmp_path / "straight")).returncode == 0
-    out, rng = str(tmp_path / "killed"), random.Random(0)
-    for kill in range(6):
+    out = str(tmp_path / "killed")
+    saving = os.path.join(out, store.SAVING_DIR)
+    for kill in range(3):
         process = train_process(*args, "--out", out, *(["--resume"] if kill else []))
         for line in process.stdout:  # in the loop that saves every step
             if "saved to" in line:
                 break
-        time.sleep(rng.uniform(0, 0.5))
+        while not os.path.isdir(saving) and process.poll() is None:
+            time.sleep(0.001)
         assert process.poll() is None, "the run ended before it was killed: give it more steps"
         process.kill()
         process.communicate()
         _, _, params = load_encoder_hparams_and_params(model_dir=out)  # whole, whatever the moment
-        assert np.isfinite(params["wte"]).all()
+        assert np.isfinite(params["wte"]).all() and not os.path.exists(saving)
     result = train(*args, "--out", out, "--resume")
     assert result.returncode == 0, result.stderr
     assert data_bytes(tmp_path / "straight") == data_bytes(out)
@@ -146,16 +148,22 @@ def test_ctrl_c_stops_at_once_and_keeps_the_last_save(tiny_models, text, tmp_pat
     load_encoder_hparams_and_params(model_dir=out)
 
 
-def test_a_learning_rate_far_too_high_stops_before_saving_anything_wrong(tiny_models, text, tmp_path):
+@pytest.mark.parametrize("lr, why, saved", [
+    ("1e30", "the loss is nan", "holds step 1, the last save"),  # step 1 is finite (weights near 1e30), step 2 not
+    ("1e39", "some weights are not finite", "nothing was saved yet"),  # step 1 overflows the weights themselves
+])
+def test_a_learning_rate_far_too_high_stops_before_saving_anything_wrong(tiny_models, text, tmp_path, lr, why, saved):
     out = str(tmp_path / "run")
     result = train("--data", text, "--model_dir", os.path.join(tiny_models, "124M"), "--out", out, "--steps", "20",
-                   "--save_every", "2", "--eval_every", "0", "--seq_len", "32", "--lr", "1e30", "--warmup", "0")
+                   "--save_every", "1", "--eval_every", "0", "--seq_len", "32", "--lr", lr, "--warmup", "0")
     assert result.returncode == 1 and "Traceback" not in result.stderr and "RuntimeWarning" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: step "), result.stderr
-    assert "lower --lr" in result.stderr.strip().splitlines()[-1]
-    if os.path.exists(os.path.join(out, "train_state.npz")):
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: step 2 " if saved.startswith("holds") else "error: step 1 ") and why in last and "lower --lr" in last and saved in last, last
+    if saved.startswith("holds"):
         _, _, params = load_encoder_hparams_and_params(model_dir=out)
         assert all(np.isfinite(p).all() for p in flatten(params).values())
+    else:
+        assert not os.path.exists(os.path.join(out, "train_state.npz"))
 
 
 @pytest.fixture(scope="module")

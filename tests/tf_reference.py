@@ -8,16 +8,10 @@ and compute in the dtype asked for, float64 for the truth. Token ids: [n_seq] or
 TensorFlow is imported inside the functions, so merely importing this module stays cheap.
 """
 import math
-import os
 
 import numpy as np
 
-
-def _tf():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    return tf
+from checkpoints import tensorflow as _tf
 
 
 def gelu(x):
