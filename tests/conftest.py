@@ -1,7 +1,6 @@
 """Fixtures: small random-weight GPT-2 checkpoints in OpenAI's exact layout, written once per run."""
 import os
 import sys
-import zlib
 
 import pytest
 from hypothesis import settings
@@ -12,26 +11,11 @@ settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT, SHAPES, model_seed  # noqa: E402
+
 sys.path.insert(0, ROOT)  # gpt2.py, encoder.py, utils.py live at the top level
 
 from checkpoints import write_model  # noqa: E402
-
-# Real model shapes (OpenAI's hparams) cut down to few layers: the code paths and the matrix
-# shapes are the real ones, the depth only repeats them.
-SHAPES = {
-    "tiny": dict(n_vocab=50257, n_ctx=64, n_embd=64, n_head=4, n_layer=2),
-    "124M": dict(n_vocab=50257, n_ctx=1024, n_embd=768, n_head=12, n_layer=2),
-    "355M": dict(n_vocab=50257, n_ctx=1024, n_embd=1024, n_head=16, n_layer=1),
-    "774M": dict(n_vocab=50257, n_ctx=1024, n_embd=1280, n_head=20, n_layer=1),
-    "1558M": dict(n_vocab=50257, n_ctx=1024, n_embd=1600, n_head=25, n_layer=1),
-}
-
-
-def model_seed(shape):
-    """The seed of a shape's random weights, from its name alone: a test sees the same model in a
-    full run and under -k."""
-    return zlib.crc32(shape.encode())
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +38,11 @@ def make_models(tmp_path_factory):
 def tiny_models(make_models):
     """models_dir with a tiny random model as its "124M"."""
     return make_models("tiny")[0]
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_models):
+    """The tiny model as the loader gives it: (encoder, hparams, params)."""
+    from utils import load_encoder_hparams_and_params
+
+    return load_encoder_hparams_and_params("124M", tiny_models)

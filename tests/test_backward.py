@@ -7,36 +7,7 @@ import pytest
 import gpt2
 import tf_reference as ref
 import train
-
-TOLERANCE = 1e-9  # float64 agrees to about 1e-15; a wrong formula is off by far more
-
-
-def named_leaves(tree, prefix=""):
-    """{"blocks.0.attn.c_attn.w": array, ...} for a tree shaped like params (or any nest of dicts and lists)."""
-    if isinstance(tree, (dict, list)):
-        branches = tree.items() if isinstance(tree, dict) else enumerate(tree)
-        return {name: leaf for key, value in branches for name, leaf in named_leaves(value, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): tree}
-
-
-def relative_error(ours, truth):
-    """||ours - truth|| / ||truth|| over the whole tensor: independent of its scale, and not thrown by entries
-    that are zero or nearly so, where an elementwise relative error means nothing."""
-    return float(np.linalg.norm(np.asarray(ours) - truth) / np.linalg.norm(truth))
-
-
-def assert_same_gradients(function, ours, theirs, tolerance=TOLERANCE):
-    """ours and theirs: trees of gradients; every tensor within tolerance, reported by name."""
-    ours, theirs = named_leaves(ours), named_leaves(theirs)
-    assert ours.keys() == theirs.keys(), f"{function}: gradients of {sorted(ours)}, expected {sorted(theirs)}"
-    errors = {name: relative_error(ours[name], theirs[name]) for name in theirs}
-    for name, error in errors.items():
-        print(f"{function}: d{name or 'x'} relative error {error:.1e}")
-        assert np.shape(ours[name]) == np.shape(theirs[name]), f"{function}: d{name} has the wrong shape"
-    bad = {name: error for name, error in errors.items() if not error <= tolerance}
-    assert not bad, f"{function}: " + ", ".join(f"d{name or 'x'} relative error {e:.1e} > {tolerance:.0e}"
-                                                for name, e in bad.items())
-
+from helpers import assert_same_gradients
 
 rng = np.random.default_rng(17)
 

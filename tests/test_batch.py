@@ -9,16 +9,9 @@ from scipy.stats import chi2
 
 import gpt2
 from checkpoints import reference_logits
-from test_sampling import expected_distribution
-from utils import load_encoder_hparams_and_params
+from helpers import expected_distribution
 
 PROMPT_IDS = [464, 2068, 7586, 21831, 18045, 625]
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_models):
-    _, hparams, params = load_encoder_hparams_and_params("124M", tiny_models)
-    return params, hparams["n_head"]
 
 
 def fresh_logits(ids, params, n_head):
@@ -27,7 +20,8 @@ def fresh_logits(ids, params, n_head):
 
 
 def test_batched_logits_equal_each_sequence_alone(tiny, tiny_models):
-    params, n_head = tiny
+    _, hparams, params = tiny
+    n_head = hparams["n_head"]
     batch = np.array([PROMPT_IDS, PROMPT_IDS[::-1], [50256] * 6])
     ours = gpt2.gpt2(batch, **params, n_head=n_head)
     assert ours.shape == (3, 6, 50257) and ours.dtype == np.float32
@@ -42,7 +36,8 @@ def test_batched_logits_equal_each_sequence_alone(tiny, tiny_models):
 def test_batched_cache_step_by_step_equals_full_recompute(tiny):
     """Rows fed through a kv_cache(n_batch=...) a few tokens at a time: each step's logits equal
     a fresh pass over that row's own sequence so far (no row sees another's keys)."""
-    params, n_head = tiny
+    _, hparams, params = tiny
+    n_head = hparams["n_head"]
     seqs = np.array([PROMPT_IDS * 2, PROMPT_IDS[::-1] * 2])
     cache = gpt2.kv_cache(params, n_head, 12, n_batch=2)
     assert cache[0]["k"].shape == (2, n_head, 12, 16)
@@ -55,7 +50,8 @@ def test_batched_cache_step_by_step_equals_full_recompute(tiny):
 
 
 def test_top_k_one_rows_are_greedy(tiny):
-    params, n_head = tiny
+    _, hparams, params = tiny
+    n_head = hparams["n_head"]
     rows = gpt2.generate(PROMPT_IDS, params, n_head, 10, temperature=1.0, top_k=1, seed=0, stop_id=None,
                          n_samples=3)
     ids = list(PROMPT_IDS)
@@ -65,7 +61,8 @@ def test_top_k_one_rows_are_greedy(tiny):
 
 
 def test_same_seed_same_rows_and_rows_differ(tiny):
-    params, n_head = tiny
+    _, hparams, params = tiny
+    n_head = hparams["n_head"]
     a = gpt2.generate(PROMPT_IDS, params, n_head, 12, temperature=1.0, seed=7, stop_id=None, n_samples=4)
     assert a == gpt2.generate(PROMPT_IDS, params, n_head, 12, temperature=1.0, seed=7, stop_id=None, n_samples=4)
     assert len(a) == 4 and all(len(row) == 12 for row in a)
@@ -73,7 +70,8 @@ def test_same_seed_same_rows_and_rows_differ(tiny):
 
 
 def test_n_samples_none_and_one_keep_todays_results(tiny):
-    params, n_head = tiny
+    _, hparams, params = tiny
+    n_head = hparams["n_head"]
     greedy = gpt2.generate(PROMPT_IDS, params, n_head, 6, stop_id=None)
     assert isinstance(greedy, list) and all(isinstance(t, int) for t in greedy)
     assert gpt2.generate(PROMPT_IDS, params, n_head, 6, stop_id=None, n_samples=1) == [greedy]
@@ -84,7 +82,8 @@ def test_first_two_tokens_follow_the_reference_softmax(tiny, tiny_models):
     """Over 2,400 rows, the pair (first token, second token) is drawn from p(t1) p(t2 | t1), each
     factor the filtered softmax of a TensorFlow forward pass. A cache row holding another row's
     keys, or one row's first token fed to another, would draw t2 from the wrong conditional."""
-    params, n_head = tiny
+    _, hparams, params = tiny
+    n_head = hparams["n_head"]
     model_dir, temperature, top_k = os.path.join(tiny_models, "124M"), 1.0, 3
     first = expected_distribution(reference_logits(model_dir, PROMPT_IDS)[-1].astype(np.float64), temperature, top_k)
     cells = {}
@@ -117,7 +116,8 @@ def test_first_two_tokens_follow_the_reference_softmax(tiny, tiny_models):
 def test_top_k_two_rows_stop_on_their_own(tiny):
     """Some rows draw stop_id and end; the others go on. Every token of every row is among the top
     2 of a fresh pass over that row's own prefix, and a short row's prefix had stop_id in its top 2."""
-    params, n_head = tiny
+    _, hparams, params = tiny
+    n_head = hparams["n_head"]
     stop_id = int(np.argsort(fresh_logits(PROMPT_IDS, params, n_head))[-2])  # the runner-up after the prompt
     n = 8
     rows = gpt2.generate(PROMPT_IDS, params, n_head, n, temperature=1.0, top_k=2, seed=3, stop_id=stop_id,
@@ -141,7 +141,8 @@ def test_top_k_two_rows_stop_on_their_own(tiny):
                                        "temperature"),
 ])
 def test_bad_n_samples_are_clear_errors(tiny, kwargs, message):
-    params, n_head = tiny
+    _, hparams, params = tiny
+    n_head = hparams["n_head"]
     with pytest.raises(ValueError, match="^" + message.replace("(", r"\(")):
         gpt2.generate(PROMPT_IDS, params, n_head, 4, **kwargs)
 
@@ -149,7 +150,8 @@ def test_bad_n_samples_are_clear_errors(tiny, kwargs, message):
 def test_score_many_equals_score_of_each_text(tiny):
     """Texts of every length from 1 to n_ctx - 1 tokens and beyond the context (scored in
     windows), in an order that is not by length, with small batches so that many form."""
-    params, n_head = tiny
+    _, hparams, params = tiny
+    n_head = hparams["n_head"]
     rng = np.random.default_rng(0)
     lengths = list(range(1, 64)) + [64, 65, 150, 0]
     rng.shuffle(lengths)
@@ -164,7 +166,8 @@ def test_score_many_equals_score_of_each_text(tiny):
 
 def test_score_many_matches_reference_log_softmax(tiny, tiny_models):
     """Two texts of different lengths in one padded batch, against TensorFlow's log-softmax."""
-    params, n_head = tiny
+    _, hparams, params = tiny
+    n_head = hparams["n_head"]
     texts = [PROMPT_IDS, PROMPT_IDS[:2], PROMPT_IDS[::-1][:4]]
     for text, ours in zip(texts, gpt2.score_many(texts, params, n_head)):
         logits = reference_logits(os.path.join(tiny_models, "124M"), [50256] + text[:-1]).astype(np.float64)

@@ -7,8 +7,7 @@ import pytest
 import gpt2
 from checkpoints import reference_logits
 from encoder import get_encoder
-from test_cli import assert_one_line_error, reference_greedy_text
-from test_prompt_file import long_text, run
+from helpers import assert_one_line_error, gpt2_cli as run, long_text, reference_greedy_text
 
 
 @pytest.fixture(scope="module")

@@ -25,23 +25,11 @@ import gpt2
 import store
 import utils
 from checkpoints import reference_logits
-from conftest import ROOT
 from encoder import get_encoder
 from server import serve
-from test_cli import assert_one_line_error, closed_port_url, reference_greedy_text
-from test_cli import run as cli
+from helpers import PROMPT, assert_one_line_error, closed_port_url, gpt2_cli as cli, reference_greedy_text, start
 from store import REQUIRED_FILES
 from utils import DATA_FILE, FILENAMES, download_gpt2_files, load_encoder_hparams_and_params
-
-PROMPT = "Alan Turing theorized that computers would one day become"
-
-
-def cli_process(*args, base_url=None):
-    """The CLI started in the background, for tests that interrupt it."""
-    env = {**os.environ, "GPT2_BASE_URL": base_url or closed_port_url()}
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "gpt2.py"), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, encoding="utf-8", env=env)
-
 
 def assert_same_files(folder, source, names=FILENAMES):
     for name in names:
@@ -273,7 +261,7 @@ def test_only_the_four_model_sizes_reach_a_path(tmp_path, size):
 
 def test_ctrl_c_during_download_exits_130_and_leaves_only_a_part(source, mirror, tmp_path, monkeypatch):
     mirror.faults["trickle"] = {DATA_FILE: 0.01}  # about 1.6 MB/s
-    process = cli_process("Hi", "--models_dir", str(tmp_path), base_url=mirror.url)
+    process = start("gpt2.py", "Hi", "--models_dir", str(tmp_path), base_url=mirror.url)
     part = tmp_path / "124M" / (DATA_FILE + ".part")
     deadline = time.monotonic() + 60
     while not (part.exists() and part.stat().st_size > 0) and process.poll() is None and time.monotonic() < deadline:
@@ -296,7 +284,7 @@ def test_ctrl_c_during_download_exits_130_and_leaves_only_a_part(source, mirror,
 
 def test_ctrl_c_during_generation_exits_130(make_models):
     models_dir, size = make_models("124M")
-    process = cli_process(PROMPT, "--n_tokens_to_generate=900", "--ignore_eos", "--model_size", size,
+    process = start("gpt2.py", PROMPT, "--n_tokens_to_generate=900", "--ignore_eos", "--model_size", size,
                           "--models_dir", models_dir)
     first = process.stdout.read(1)  # generation has begun
     process.send_signal(signal.SIGINT)
@@ -330,7 +318,7 @@ def hold_lock(folder, seconds):
 def test_two_first_runs_at_once_take_turns(source, mirror, tmp_path):
     mirror.faults["trickle"] = {DATA_FILE: 0.002}  # a download that lasts a second or two
     args = (PROMPT, "--n_tokens_to_generate=4", "--models_dir", str(tmp_path))
-    first, second = cli_process(*args, base_url=mirror.url), cli_process(*args, base_url=mirror.url)
+    first, second = start("gpt2.py", *args, base_url=mirror.url), start("gpt2.py", *args, base_url=mirror.url)
     results = [process.communicate(timeout=120) + (process.returncode,) for process in (first, second)]
     expected = expected_text(os.path.dirname(source), PROMPT, 4)
     for out, err, code in results:

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import cli
-from conftest import ROOT
+from helpers import ROOT
 
 
 def help_flags(program="gpt2.py"):

@@ -5,17 +5,14 @@ import filecmp
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import store
 from checkpoints import reference_log_probs
-from conftest import ROOT
 from store import REQUIRED_FILES
-from test_cli import PROMPT, assert_one_line_error, closed_port_url, reference_greedy_text, run
+from helpers import PROMPT, assert_one_line_error, gpt2_cli as run, reference_greedy_text
 from utils import MODEL_FILES, load_encoder_hparams_and_params, save_model_folder
 
 
@@ -121,9 +118,7 @@ def test_model_dir_goes_alone(tuned, args, fragment):
 def test_model_dir_is_taken_verbatim(tuned, tmp_path):
     """A folder named like a number ("1e3") is a folder, not the number 1000.0."""
     shutil.copytree(tuned, tmp_path / "1e3")
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "gpt2.py"), PROMPT, "--n_tokens_to_generate", "3",
-                             "--model_dir", "1e3"], cwd=tmp_path, capture_output=True, text=True, encoding="utf-8",
-                            env={**os.environ, "GPT2_BASE_URL": closed_port_url()}, timeout=120)
+    result = run(PROMPT, "--n_tokens_to_generate", "3", "--model_dir", "1e3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == reference_greedy_text(tuned, PROMPT, 3)
 

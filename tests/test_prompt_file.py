@@ -1,7 +1,5 @@
 """`--prompt_file` (a file, or stdin for "-") and scoring long texts, through the CLI."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -9,20 +7,10 @@ import pytest
 import cli
 import gpt2
 from checkpoints import reference_logits
-from conftest import ROOT
-from test_cli import assert_one_line_error, closed_port_url, reference_greedy_text
+from helpers import assert_one_line_error, gpt2_cli as run, long_text, reference_greedy_text
 from utils import load_encoder_hparams_and_params
 
 TEXT = "Zoë's café on the corner\nsells crêpes"  # non-ASCII and a newline, read verbatim
-
-
-def run(*args, stdin=b""):
-    """`python gpt2.py ...` with `stdin` (bytes) piped in."""
-    env = {**os.environ, "GPT2_BASE_URL": closed_port_url()}
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "gpt2.py"), *args], input=stdin,
-                            capture_output=True, env=env, timeout=120)
-    result.stdout, result.stderr = result.stdout.decode("utf-8"), result.stderr.decode("utf-8")
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +45,6 @@ def test_score_from_stdin_matches_the_reference(tiny_models, model_dir):
     assert len(lines) == len(ids) + 1 and "perplexity" in lines[-1]
     printed = [float(line.split()[0]) for line in lines[:-1]]
     np.testing.assert_allclose(printed, expected, atol=2e-4)  # printed to 4 decimals
-
-
-def long_text(n_words, seed=0):
-    words = ["the", "river", "ran", "past", "old", "mills", "and", "quiet", "towns", "while", "birds", "sang"]
-    rng = np.random.default_rng(seed)
-    return " ".join(words[i] for i in rng.integers(0, len(words), n_words)) + ".\n"
 
 
 @pytest.mark.parametrize("tokens", [False, True])

@@ -8,41 +8,22 @@ import pytest
 import cli
 import gpt2
 from checkpoints import reference_logits
-from test_cli import run
-from utils import load_encoder_hparams_and_params
+from helpers import expected_distribution, gpt2_cli as run
 
 PROMPT_IDS = [464, 2068, 7586, 21831, 18045, 625]
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_models):
-    encoder, hparams, params = load_encoder_hparams_and_params("124M", tiny_models)
-    return encoder, params, hparams["n_head"]
-
-
-def expected_distribution(logits, temperature, top_k=None, top_p=None):
-    """The filtered, renormalized softmax, written out plainly: {id: probability}."""
-    order = sorted(range(len(logits)), key=lambda i: (-logits[i], i))[:top_k]
-    weights = [math.exp((logits[i] - logits[order[0]]) / temperature) for i in order]
-    total = sum(weights)
-    probs = [w / total for w in weights]
-    if top_p is not None:
-        total, keep = 0.0, 0
-        while total < top_p and keep < len(probs):
-            total, keep = total + probs[keep], keep + 1
-        order, probs = order[:keep], [p / total for p in probs[:keep]]
-    return dict(zip(order, probs))
-
-
 def test_temperature_zero_and_top_k_one_are_greedy(tiny):
-    _, params, n_head = tiny
+    _, hparams, params = tiny
+    n_head = hparams["n_head"]
     greedy = gpt2.generate(PROMPT_IDS, params, n_head, 8, stop_id=None)
     assert greedy == gpt2.generate(PROMPT_IDS, params, n_head, 8, temperature=0.0, seed=3, stop_id=None)
     assert greedy == gpt2.generate(PROMPT_IDS, params, n_head, 8, temperature=1.5, top_k=1, seed=3, stop_id=None)
 
 
 def test_seed_reproduces_and_different_seeds_differ(tiny):
-    _, params, n_head = tiny
+    _, hparams, params = tiny
+    n_head = hparams["n_head"]
     a = gpt2.generate(PROMPT_IDS, params, n_head, 12, temperature=1.0, seed=1, stop_id=None)
     assert a == gpt2.generate(PROMPT_IDS, params, n_head, 12, temperature=1.0, seed=1, stop_id=None)
     assert a != gpt2.generate(PROMPT_IDS, params, n_head, 12, temperature=1.0, seed=2, stop_id=None)
@@ -75,7 +56,8 @@ def test_first_token_follows_the_filtered_softmax(temperature, top_k, top_p):
 
 
 def test_generate_samples_with_its_own_seeded_generator(tiny):
-    _, params, n_head = tiny
+    _, hparams, params = tiny
+    n_head = hparams["n_head"]
     logits = gpt2.gpt2(PROMPT_IDS, **params, n_head=n_head)[-1]
     first = gpt2.sample(logits, 0.8, 20, 0.9, np.random.default_rng(5))
     assert gpt2.generate(PROMPT_IDS, params, n_head, 1, 0.8, 20, 0.9, seed=5, stop_id=None) == [first]
@@ -102,13 +84,15 @@ def test_top_p_with_ties_prefers_lower_ids():
                                              ({"top_p": 0}, "top_p"), ({"top_p": 1.5}, "top_p"),
                                              ({"seed": "x"}, "seed"), ({"temperature": float("nan")}, "temperature")])
 def test_invalid_settings_are_clear_errors(tiny, kwargs, message):
-    _, params, n_head = tiny
+    _, hparams, params = tiny
+    n_head = hparams["n_head"]
     with pytest.raises(ValueError, match=message):
         gpt2.generate(PROMPT_IDS, params, n_head, 3, **kwargs)
 
 
 def test_generation_stops_at_endoftext(tiny):
-    _, params, n_head = tiny
+    _, hparams, params = tiny
+    n_head = hparams["n_head"]
     ids = gpt2.generate(PROMPT_IDS, params, n_head, 20, stop_id=None)
     stop = ids[3]  # pretend the fourth token were <|endoftext|>
     assert gpt2.generate(PROMPT_IDS, params, n_head, 20, stop_id=stop) == ids[:ids.index(stop)]
@@ -137,7 +121,8 @@ def test_cli_sampling_is_reproducible_and_validated(tiny_models):
 
 
 def test_score_matches_reference_log_softmax(tiny, tiny_models):
-    encoder, params, n_head = tiny
+    encoder, hparams, params = tiny
+    n_head = hparams["n_head"]
     ids = encoder.encode("The quick brown fox jumps over the lazy dog")
     ours = gpt2.score(ids, params, n_head)
     logits = reference_logits(os.path.join(tiny_models, "124M"), [50256] + ids[:-1]).astype(np.float64)

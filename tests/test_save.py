@@ -16,7 +16,7 @@ import pytest
 import store
 import utils
 from checkpoints import CHECKPOINT_NAME, assert_tensorflow_reads, bits, random_bits, tensorflow
-from conftest import SHAPES
+from helpers import SHAPES
 from utils import checkpoint_shapes, flatten, load_encoder_hparams_and_params, param_name, save_model_folder, unflatten
 from vocab import vocab_dir
 

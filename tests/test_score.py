@@ -7,16 +7,12 @@ import pytest
 
 import gpt2
 from checkpoints import reference_log_probs
-from utils import load_encoder_hparams_and_params
 
 N_CTX = 64  # the tiny model's context (conftest.SHAPES["tiny"])
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_models):
-    _, hparams, params = load_encoder_hparams_and_params("124M", tiny_models)
-    assert hparams["n_ctx"] == N_CTX
-    return params, hparams["n_head"]
+def test_the_tiny_models_context_is_n_ctx(tiny):
+    assert tiny[1]["n_ctx"] == N_CTX
 
 
 def random_ids(n, seed=0):
@@ -54,7 +50,8 @@ def reference_score(inputs, params, n_head, stride):
 @pytest.mark.parametrize("n, stride", [(10, N_CTX // 2), (N_CTX, N_CTX), (N_CTX + 1, 1), (100, 1),
                                        (130, 7), (200, N_CTX // 2), (130, N_CTX)])
 def test_windows_match_a_fresh_pass_per_token(tiny, n, stride):
-    params, n_head = tiny
+    _, hparams, params = tiny
+    n_head = hparams["n_head"]
     ids = random_ids(n, seed=n)
     ours = gpt2.score(ids, params, n_head, stride=stride)
     expected = reference_score(ids, params, n_head, stride)
@@ -64,7 +61,8 @@ def test_windows_match_a_fresh_pass_per_token(tiny, n, stride):
 
 
 def test_default_stride_is_half_the_context(tiny):
-    params, n_head = tiny
+    _, hparams, params = tiny
+    n_head = hparams["n_head"]
     ids = random_ids(150, seed=3)
     np.testing.assert_array_equal(gpt2.score(ids, params, n_head), gpt2.score(ids, params, n_head, N_CTX // 2))
 
@@ -72,7 +70,8 @@ def test_default_stride_is_half_the_context(tiny):
 @pytest.mark.parametrize("n", [1, 5, N_CTX - 1, N_CTX])
 @pytest.mark.parametrize("stride", [None, 1, N_CTX])
 def test_short_texts_take_one_pass_that_matches_tensorflow(tiny, tiny_models, n, stride):
-    params, n_head = tiny
+    _, hparams, params = tiny
+    n_head = hparams["n_head"]
     ids = random_ids(n, seed=n + 100)
     ours = gpt2.score(ids, params, n_head, stride=stride)
     worst = np.abs(ours - reference_log_probs(os.path.join(tiny_models, "124M"), ids)).max()
@@ -97,7 +96,8 @@ def record_passes(monkeypatch):
 def test_passes_follow_the_formula(tiny, monkeypatch, n, stride):
     """1 pass up to n_ctx tokens, then 1 + ceil((N - n_ctx) / stride), each at most n_ctx long;
     `progress` sees every window."""
-    params, n_head = tiny
+    _, hparams, params = tiny
+    n_head = hparams["n_head"]
     passes, seen = record_passes(monkeypatch), []
     ids = random_ids(n, seed=7)
 
@@ -115,7 +115,8 @@ def test_passes_follow_the_formula(tiny, monkeypatch, n, stride):
 
 
 def test_stride_of_the_whole_context_makes_disjoint_windows(tiny, monkeypatch):
-    params, n_head = tiny
+    _, hparams, params = tiny
+    n_head = hparams["n_head"]
     passes = record_passes(monkeypatch)
     ids = random_ids(3 * N_CTX + 10, seed=11)
     gpt2.score(ids, params, n_head, stride=N_CTX)
@@ -124,19 +125,22 @@ def test_stride_of_the_whole_context_makes_disjoint_windows(tiny, monkeypatch):
 
 
 def test_empty_text_scores_nothing(tiny):
-    params, n_head = tiny
+    _, hparams, params = tiny
+    n_head = hparams["n_head"]
     assert gpt2.score([], params, n_head).shape == (0,)
 
 
 @pytest.mark.parametrize("stride", [0, -1, N_CTX + 1, 1.5, True, "8", np.float32(4)])
 def test_bad_stride_is_a_clear_error(tiny, stride):
-    params, n_head = tiny
+    _, hparams, params = tiny
+    n_head = hparams["n_head"]
     with pytest.raises(ValueError, match=f"stride must be a whole number from 1 to {N_CTX}"):
         gpt2.score(random_ids(10), params, n_head, stride=stride)
 
 
 def test_numpy_integer_stride_is_fine(tiny):
-    params, n_head = tiny
+    _, hparams, params = tiny
+    n_head = hparams["n_head"]
     ids = random_ids(100, seed=5)
     np.testing.assert_array_equal(gpt2.score(ids, params, n_head, stride=np.int64(9)),
                                   gpt2.score(ids, params, n_head, stride=9))

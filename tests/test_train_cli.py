@@ -3,45 +3,19 @@ OpenAI's checkpoint layout read back by TensorFlow, resuming bit for bit, SIGKIL
 one-line error for each kind of bad input."""
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
 import store
-from conftest import ROOT
+from helpers import DICKENS, assert_one_line_error, gpt2_cli, reference_greedy_text, start, tensorflow_arrays, train_cli
 from server import serve
-from test_cli import assert_one_line_error, closed_port_url, reference_greedy_text
-from test_cli import run as gpt2_cli
-from test_params import tensorflow_arrays
 from utils import flatten, load_encoder_hparams_and_params
 
-# Dickens, A Tale of Two Cities (1859), public domain; repeated, so that the tiny model can learn it in a few steps.
-DICKENS = ("It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
-           "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, "
-           "it was the season of Darkness, it was the spring of hope, it was the winter of despair, we had "
-           "everything before us, we had nothing before us, we were all going direct to Heaven, we were all going "
-           "direct the other way.\n")
 OPENAI_LAYOUT = ("checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of-00001", "model.ckpt.index",
                  "vocab.bpe")
 FAST = ("--seq_len", "32", "--batch_size", "4", "--lr", "3e-3", "--warmup", "2", "--sample_every", "0")
-
-
-def train_process(*args, base_url=None):
-    """`python train.py ...` started in the background, with SIGINT at its default (a background process of a
-    non-interactive shell would inherit it ignored, and Ctrl-C would not reach Python)."""
-    env = {**os.environ, "GPT2_BASE_URL": base_url or closed_port_url()}
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, encoding="utf-8", env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
-
-def train(*args, base_url=None, timeout=300):
-    process = train_process(*args, base_url=base_url)
-    out, err = process.communicate(timeout=timeout)
-    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +39,7 @@ def data_bytes(out):
 def test_download_fine_tune_and_generate_from_the_result(tiny_models, text, tmp_path):
     server = serve(tiny_models)
     try:
-        result = train("--data", text, "--models_dir", str(tmp_path / "models"), "--steps", "24", "--eval_every", "8",
+        result = train_cli("--data", text, "--models_dir", str(tmp_path / "models"), "--steps", "24", "--eval_every", "8",
                        *FAST, base_url=server.url)
     finally:
         server.shutdown()
@@ -93,9 +67,9 @@ def test_download_fine_tune_and_generate_from_the_result(tiny_models, text, tmp_
 
 def test_resume_gives_the_same_bits_as_one_run(tiny_models, text, tmp_path):
     model = ("--model_dir", os.path.join(tiny_models, "124M"))
-    straight = train("--data", text, *model, "--out", str(tmp_path / "straight"), "--steps", "10", *FAST)
-    first = train("--data", text, *model, "--out", str(tmp_path / "resumed"), "--steps", "5", *FAST)
-    second = train("--data", text, "--out", str(tmp_path / "resumed"), "--steps", "10", "--resume")
+    straight = train_cli("--data", text, *model, "--out", str(tmp_path / "straight"), "--steps", "10", *FAST)
+    first = train_cli("--data", text, *model, "--out", str(tmp_path / "resumed"), "--steps", "5", *FAST)
+    second = train_cli("--data", text, "--out", str(tmp_path / "resumed"), "--steps", "10", "--resume")
     for result in (straight, first, second):
         assert result.returncode == 0, result.stderr
     assert data_bytes(tmp_path / "straight") == data_bytes(tmp_path / "resumed")
@@ -110,11 +84,11 @@ def test_sigkill_while_saving_leaves_a_save_that_resumes_bit_for_bit(tiny_models
     the folder loads, and resuming from it to the end gives exactly the weights of a run never killed."""
     args = ("--data", text, "--model_dir", os.path.join(tiny_models, "124M"), "--steps", "30", "--save_every", "1",
             "--eval_every", "0", *FAST)
-    assert train(*args, "--out", str(tmp_path / "straight")).returncode == 0
+    assert train_cli(*args, "--out", str(tmp_path / "straight")).returncode == 0
     out = str(tmp_path / "killed")
     saving = os.path.join(out, store.SAVING_DIR)
     for kill in range(3):
-        process = train_process(*args, "--out", out, *(["--resume"] if kill else []))
+        process = start("train.py", *args, "--out", out, *(["--resume"] if kill else []))
         for line in process.stdout:  # in the loop that saves every step
             if "saved to" in line:
                 break
@@ -125,14 +99,14 @@ def test_sigkill_while_saving_leaves_a_save_that_resumes_bit_for_bit(tiny_models
         process.communicate()
         _, _, params = load_encoder_hparams_and_params(model_dir=out)  # whole, whatever the moment
         assert np.isfinite(params["wte"]).all() and not os.path.exists(saving)
-    result = train(*args, "--out", out, "--resume")
+    result = train_cli(*args, "--out", out, "--resume")
     assert result.returncode == 0, result.stderr
     assert data_bytes(tmp_path / "straight") == data_bytes(out)
 
 
 def test_ctrl_c_stops_at_once_and_keeps_the_last_save(tiny_models, text, tmp_path):
     out = str(tmp_path / "run")
-    process = train_process("--data", text, "--model_dir", os.path.join(tiny_models, "124M"), "--out", out,
+    process = start("train.py", "--data", text, "--model_dir", os.path.join(tiny_models, "124M"), "--out", out,
                             "--steps", "100000", "--save_every", "3", "--eval_every", "0", *FAST)
     for line in process.stdout:
         if "saved to" in line:
@@ -154,7 +128,7 @@ def test_ctrl_c_stops_at_once_and_keeps_the_last_save(tiny_models, text, tmp_pat
 ])
 def test_a_learning_rate_far_too_high_stops_before_saving_anything_wrong(tiny_models, text, tmp_path, lr, why, saved):
     out = str(tmp_path / "run")
-    result = train("--data", text, "--model_dir", os.path.join(tiny_models, "124M"), "--out", out, "--steps", "20",
+    result = train_cli("--data", text, "--model_dir", os.path.join(tiny_models, "124M"), "--out", out, "--steps", "20",
                    "--save_every", "1", "--eval_every", "0", "--seq_len", "32", "--lr", lr, "--warmup", "0")
     assert result.returncode == 1 and "Traceback" not in result.stderr and "RuntimeWarning" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
@@ -205,7 +179,7 @@ def test_bad_input_is_one_line_and_leaves_no_folder(tiny_models, text, short, tm
     model = os.path.join(tiny_models, "124M")
     args = [arg.format(short=short, text=text, model=model, tmp=tmp_path) for arg in args]
     before = sorted(os.listdir(tmp_path))
-    result = train(*args, "--model_dir", model)
+    result = train_cli(*args, "--model_dir", model)
     assert_one_line_error(result, fragment)
     assert sorted(os.listdir(tmp_path)) == before  # no model folder left behind
     assert not os.path.exists(f"{model}-dickens") and not os.path.exists(f"{model}-tiny")
@@ -214,15 +188,15 @@ def test_bad_input_is_one_line_and_leaves_no_folder(tiny_models, text, short, tm
 def test_a_run_is_resumed_only_as_it_began(tiny_models, text, short, tmp_path):
     model = os.path.join(tiny_models, "124M")
     out = str(tmp_path / "run")
-    assert train("--data", text, "--model_dir", model, "--out", out, "--steps", "2", *FAST).returncode == 0
-    assert_one_line_error(train("--data", text, "--model_dir", model, "--out", out, "--steps", "4", *FAST),
+    assert train_cli("--data", text, "--model_dir", model, "--out", out, "--steps", "2", *FAST).returncode == 0
+    assert_one_line_error(train_cli("--data", text, "--model_dir", model, "--out", out, "--steps", "4", *FAST),
                           "holds a run of train.py (at step 2): add --resume")
-    assert_one_line_error(train("--data", text, "--out", out, "--steps", "4", "--resume", "--lr", "1e-3"),
+    assert_one_line_error(train_cli("--data", text, "--out", out, "--steps", "4", "--resume", "--lr", "1e-3"),
                           "--lr 0.001 is not the 0.003 that the run")
     other = tmp_path / "other.txt"
     other.write_text(DICKENS * 11, encoding="utf-8")
-    assert_one_line_error(train("--data", str(other), "--out", out, "--steps", "4", "--resume"),
+    assert_one_line_error(train_cli("--data", str(other), "--out", out, "--steps", "4", "--resume"),
                           "learned from another --data (its sha256 differs)")
-    assert_one_line_error(train("--data", text, "--out", out, "--steps", "2", "--resume"), "is at step 2 already")
-    assert_one_line_error(train("--data", text, "--out", out, "--steps", "4", "--resume", "--model_dir", str(short)),
+    assert_one_line_error(train_cli("--data", text, "--out", out, "--steps", "2", "--resume"), "is at step 2 already")
+    assert_one_line_error(train_cli("--data", text, "--out", out, "--steps", "4", "--resume", "--model_dir", str(short)),
                           "do not name the model the run in")

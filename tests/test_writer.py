@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import tf_checkpoint
 import utils
 from checkpoints import assert_tensorflow_reads, bits, random_bits, tensorflow
-from conftest import SHAPES
+from helpers import SHAPES
 
 OPENAI_HPARAMS = {size: dict(n_vocab=50257, n_ctx=1024, n_embd=SHAPES[size]["n_embd"], n_head=SHAPES[size]["n_head"],
                              n_layer=1) for size in ("124M", "355M", "774M", "1558M")}

@@ -3,60 +3,12 @@ mirror, generation, and a clear one-line error for each kind of bad input."""
 import filecmp
 import os
 import shutil
-import socket
-import subprocess
-import sys
 
-import numpy as np
 import pytest
 
-from checkpoints import reference_logits
-from conftest import ROOT
-from encoder import get_encoder
+from helpers import PROMPT, assert_one_line_error, gpt2_cli as run, reference_greedy_text
 from server import serve
 from utils import FILENAMES, VERIFIED_FILE
-
-PROMPT = "Alan Turing theorized that computers would one day become"
-
-
-def closed_port_url():
-    """The URL of a port on 127.0.0.1 that nothing listens on: connections are refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
-
-
-def run(*args, base_url=None, timeout=120, env=None):
-    """`python gpt2.py ...` as a user runs it, never reaching beyond 127.0.0.1."""
-    env = {**os.environ, **(env or {}), "GPT2_BASE_URL": base_url or closed_port_url()}
-    return subprocess.run([sys.executable, os.path.join(ROOT, "gpt2.py"), *args], capture_output=True,
-                          text=True, encoding="utf-8", env=env, timeout=timeout)
-
-
-def reference_greedy_text(model_dir, prompt, n):
-    """What greedy decoding must print, from the TensorFlow reference, stopping at <|endoftext|>.
-    An empty prompt starts from <|endoftext|> itself."""
-    encoder = get_encoder(os.path.basename(model_dir), os.path.dirname(model_dir))
-    ids = encoder.encode(prompt) or [encoder.eot_id]
-    start = len(ids)
-    for _ in range(n):
-        token = int(np.argmax(reference_logits(model_dir, ids)[-1]))
-        if token == encoder.eot_id:
-            break
-        ids.append(token)
-    return encoder.decode(ids[start:])
-
-
-def assert_one_line_error(result, *fragments):
-    """Exit code 1, nothing on stdout, and a last stderr line "error: ..." holding each fragment."""
-    assert result.returncode == 1, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.stdout == ""
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in last, last
 
 
 @pytest.fixture(scope="module")

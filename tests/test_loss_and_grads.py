@@ -8,7 +8,7 @@ import pytest
 import gpt2
 import tf_reference as ref
 import train
-from test_backward import assert_same_gradients, named_leaves, relative_error
+from helpers import assert_same_gradients, named_leaves, relative_error
 from utils import load_encoder_hparams_and_params
 
 # (model shape, shape of the token ids): a batch, one sequence, and 124M's real layer shapes on two sequences

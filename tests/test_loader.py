@@ -1,4 +1,4 @@
-"""utils.py's NumPy reader of OpenAI's checkpoint, against TensorFlow's own reader, and against
+"""The loader (utils.py) and its NumPy reader of OpenAI's checkpoint, against TensorFlow's own reader, and against
 damage: every array bit for bit, zero-copy and read-only; checksums checked once per version of
 the data file; any damaged index met with one documented error."""
 import mmap
@@ -16,26 +16,10 @@ from hypothesis import strategies as st
 import tf_checkpoint
 import utils
 from checkpoints import _random_weights as random_weights, variable_shapes
-from conftest import ROOT, SHAPES, model_seed
+from helpers import ROOT, SHAPES, model_seed, tensorflow_arrays
 from utils import DamagedFile, flatten, load_encoder_hparams_and_params, load_gpt2_params_from_tf_ckpt
 
 NO_TENSORFLOW = "import sys\nsys.modules['tensorflow'] = None  # then `import tensorflow` raises ImportError\n"
-
-
-def tensorflow_arrays(model_dir):
-    """Every variable as tf.train.load_checkpoint reads it, under the params tree's names."""
-    import tensorflow as tf
-
-    reader = tf.train.load_checkpoint(os.path.join(model_dir, "model.ckpt"))
-    arrays = {}
-    for name in reader.get_variable_to_shape_map():
-        key = name.removeprefix("model/")
-        if key.startswith("h") and key[1].isdigit():
-            layer, rest = key[1:].split("/", 1)
-            key = f"blocks/{layer}/{rest}"
-        array = reader.get_tensor(name)
-        arrays[key] = array[0] if array.ndim == 3 else array
-    return arrays
 
 
 def assert_same_as_tensorflow(params, model_dir):

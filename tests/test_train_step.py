@@ -5,13 +5,6 @@ import pytest
 
 import gpt2
 import train
-from utils import load_encoder_hparams_and_params
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_models):
-    _, hparams, params = load_encoder_hparams_and_params("124M", tiny_models)
-    return params, hparams
 
 
 def test_batches_are_windows_of_the_text_shifted_by_one():
@@ -42,7 +35,7 @@ def test_learning_rate_warms_up_then_stays():
 def test_accumulated_batches_make_one_big_batch(tiny):
     """Two batches of 2 accumulated take the same step as one batch of 4 drawing the same windows (float64:
     the two differ only by rounding)."""
-    params, hparams = tiny
+    _, hparams, params = tiny
     params = train.tree_map(lambda p: np.array(p, np.float64), params)
     tokens = np.random.default_rng(1).integers(0, hparams["n_vocab"], 400)
     results = []
@@ -59,7 +52,7 @@ def test_accumulated_batches_make_one_big_batch(tiny):
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # np.errstate must reach by_rows' threads too
 def test_a_step_that_goes_non_finite_says_so(tiny):
-    params, hparams = tiny
+    _, hparams, params = tiny
     p, state = train.writable_copy(params), train.adamw_state(params)
     p["ln_f"]["g"][0] = np.inf
     tokens = np.arange(200)
@@ -76,7 +69,7 @@ def test_validation_windows_are_fixed_and_spread_over_the_text():
 
 
 def test_validation_loss_is_the_mean_over_every_window_and_position(tiny):
-    params, hparams = tiny
+    _, hparams, params = tiny
     windows = train.eval_windows(np.random.default_rng(2).integers(0, hparams["n_vocab"], 200), 16, 10)
     expected = []
     for window in windows:  # one window at a time, through score's float64 log-softmax

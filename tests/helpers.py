@@ -1,0 +1,182 @@
+"""What the tests share, written once: the model shapes, the reference texts, the one way to run a command as a
+user does, the one-line-error assertion, and the comparisons with the TensorFlow reference. No test file imports
+another; they all import from here (and conftest.py holds the fixtures)."""
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # gpt2.py, train.py, ... live here
+
+# Real model shapes (OpenAI's hparams) cut down to few layers: the code paths and the matrix
+# shapes are the real ones, the depth only repeats them.
+SHAPES = {
+    "tiny": dict(n_vocab=50257, n_ctx=64, n_embd=64, n_head=4, n_layer=2),
+    "124M": dict(n_vocab=50257, n_ctx=1024, n_embd=768, n_head=12, n_layer=2),
+    "355M": dict(n_vocab=50257, n_ctx=1024, n_embd=1024, n_head=16, n_layer=1),
+    "774M": dict(n_vocab=50257, n_ctx=1024, n_embd=1280, n_head=20, n_layer=1),
+    "1558M": dict(n_vocab=50257, n_ctx=1024, n_embd=1600, n_head=25, n_layer=1),
+}
+
+# ---------------------------------------------------------------------------------------------
+# Reference texts
+
+PROMPT = "Alan Turing theorized that computers would one day become"
+# Dickens, A Tale of Two Cities (1859), public domain; repeated, so that the tiny model can learn it in a few steps.
+DICKENS = ("It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
+           "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, "
+           "it was the season of Darkness, it was the spring of hope, it was the winter of despair, we had "
+           "everything before us, we had nothing before us, we were all going direct to Heaven, we were all going "
+           "direct the other way.\n")
+
+
+def model_seed(shape):
+    """The seed of a shape's random weights, from its name alone: a test sees the same model in a
+    full run and under -k."""
+    return zlib.crc32(shape.encode())
+
+
+def long_text(n_words, seed=0):
+    """A text of n_words common English words in a seeded random order, ending with ".\\n"."""
+    words = ["the", "river", "ran", "past", "old", "mills", "and", "quiet", "towns", "while", "birds", "sang"]
+    rng = np.random.default_rng(seed)
+    return " ".join(words[i] for i in rng.integers(0, len(words), n_words)) + ".\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a command as a user does
+
+def closed_port_url():
+    """The URL of a port on 127.0.0.1 that nothing listens on: connections are refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def start(program, *args, base_url=None, env=None, cwd=None, text=True):
+    """`python <program> ...` (gpt2.py, train.py, utils.py) started in the background as a user starts it, never
+    reaching beyond 127.0.0.1 (GPT2_BASE_URL is base_url, or a closed port), from the folder cwd. SIGINT is at its default: a
+    background process of a non-interactive shell would inherit it ignored, and Ctrl-C would not reach Python."""
+    env = {**os.environ, **(env or {}), "GPT2_BASE_URL": base_url or closed_port_url()}
+    restore_sigint = (lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if os.name == "posix" else None
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, program), *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=text,
+                            encoding="utf-8" if text else None, env=env, cwd=cwd, preexec_fn=restore_sigint)
+
+
+def run(program, *args, stdin=b"", base_url=None, env=None, cwd=None, timeout=300):
+    """`python <program> ...` run to its end with `stdin` (bytes) piped in: a CompletedProcess whose stdout and
+    stderr are text, exactly as printed."""
+    process = start(program, *args, base_url=base_url, env=env, cwd=cwd, text=False)
+    try:
+        out, err = process.communicate(stdin, timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return subprocess.CompletedProcess(process.args, process.returncode, out.decode("utf-8"), err.decode("utf-8"))
+
+
+def gpt2_cli(*args, **kwargs):
+    return run("gpt2.py", *args, **kwargs)
+
+
+def train_cli(*args, **kwargs):
+    return run("train.py", *args, **kwargs)
+
+
+def assert_one_line_error(result, *fragments, code=1):
+    """Exit code 1, nothing on stdout, and a last stderr line "error: ..." holding each fragment."""
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stdout == ""
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in last, last
+
+
+# ---------------------------------------------------------------------------------------------
+# Against the references
+
+def reference_greedy_text(model_dir, prompt, n):
+    """What greedy decoding must print, from the TensorFlow reference, stopping at <|endoftext|>.
+    An empty prompt starts from <|endoftext|> itself."""
+    from checkpoints import reference_logits
+    from encoder import get_encoder
+
+    encoder = get_encoder(os.path.basename(model_dir), os.path.dirname(model_dir))
+    ids = encoder.encode(prompt) or [encoder.eot_id]
+    start = len(ids)
+    for _ in range(n):
+        token = int(np.argmax(reference_logits(model_dir, ids)[-1]))
+        if token == encoder.eot_id:
+            break
+        ids.append(token)
+    return encoder.decode(ids[start:])
+
+
+def tensorflow_arrays(model_dir):
+    """Every variable as tf.train.load_checkpoint reads it, under the params tree's names."""
+    from checkpoints import tensorflow
+
+    reader = tensorflow().train.load_checkpoint(os.path.join(model_dir, "model.ckpt"))
+    arrays = {}
+    for name in reader.get_variable_to_shape_map():
+        key = name.removeprefix("model/")
+        if key.startswith("h") and key[1].isdigit():
+            layer, rest = key[1:].split("/", 1)
+            key = f"blocks/{layer}/{rest}"
+        array = reader.get_tensor(name)
+        arrays[key] = array[0] if array.ndim == 3 else array
+    return arrays
+
+
+def expected_distribution(logits, temperature, top_k=None, top_p=None):
+    """The filtered, renormalized softmax, written out plainly: {id: probability}."""
+    order = sorted(range(len(logits)), key=lambda i: (-logits[i], i))[:top_k]
+    weights = [math.exp((logits[i] - logits[order[0]]) / temperature) for i in order]
+    total = sum(weights)
+    probs = [w / total for w in weights]
+    if top_p is not None:
+        total, keep = 0.0, 0
+        while total < top_p and keep < len(probs):
+            total, keep = total + probs[keep], keep + 1
+        order, probs = order[:keep], [p / total for p in probs[:keep]]
+    return dict(zip(order, probs))
+
+
+GRADIENT_TOLERANCE = 1e-9  # float64 agrees to about 1e-15; a wrong formula is off by far more
+
+
+def named_leaves(tree, prefix=""):
+    """{"blocks.0.attn.c_attn.w": array, ...} for a tree shaped like params (or any nest of dicts and lists)."""
+    if isinstance(tree, (dict, list)):
+        branches = tree.items() if isinstance(tree, dict) else enumerate(tree)
+        return {name: leaf for key, value in branches for name, leaf in named_leaves(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
+def relative_error(ours, truth):
+    """||ours - truth|| / ||truth|| over the whole tensor: independent of its scale, and not thrown by entries
+    that are zero or nearly so, where an elementwise relative error means nothing."""
+    return float(np.linalg.norm(np.asarray(ours) - truth) / np.linalg.norm(truth))
+
+
+def assert_same_gradients(function, ours, theirs, tolerance=GRADIENT_TOLERANCE):
+    """ours and theirs: trees of gradients; every tensor within tolerance, reported by name."""
+    ours, theirs = named_leaves(ours), named_leaves(theirs)
+    assert ours.keys() == theirs.keys(), f"{function}: gradients of {sorted(ours)}, expected {sorted(theirs)}"
+    errors = {name: relative_error(ours[name], theirs[name]) for name in theirs}
+    for name, error in errors.items():
+        print(f"{function}: d{name or 'x'} relative error {error:.1e}")
+        assert np.shape(ours[name]) == np.shape(theirs[name]), f"{function}: d{name} has the wrong shape"
+    bad = {name: error for name, error in errors.items() if not error <= tolerance}
+    assert not bad, f"{function}: " + ", ".join(f"d{name or 'x'} relative error {e:.1e} > {tolerance:.0e}"
+                                                for name, e in bad.items())
