@@ -2,33 +2,49 @@
 
 Each check is a small function used wherever it applies; the model's own checks (gpt2.check_*)
 are called with flag="--" so that their messages name the flags. run_command() gives every command the
-same ending: an `error: ...` line and exit code 1 for a ValueError or OSError, 130 for Ctrl-C.
+same start and ending: --help printed from main's docstring, an unknown flag refused before any work, an
+`error: ...` line and exit code 1 for a ValueError or OSError, 130 for Ctrl-C and 143 for SIGTERM.
+The fine-tuning run itself is finetune.py's; train_main here is its command line.
 """
 import codecs
-import hashlib
+import difflib
 import inspect
-import json
-import os
+import re
+import signal
 import sys
-import time
 
 import numpy as np
 
 import gpt2
 from gpt2 import EOT
-from store import MODEL_SIZES
+from texts import lines_of, read_text
 
 GPT2_TEXT_FLAGS = ("prompt", "model_size", "models_dir", "model_dir", "prompt_file")  # taken verbatim, never as numbers
 TOKEN_LINES = 256  # --score prints a line per token up to this many tokens, and beyond it only with --tokens
 GENERATION_FLAGS = ("n_tokens_to_generate", "temperature", "top_k", "top_p", "seed", "ignore_eos", "n_samples")
+# Flags users bring from OpenAI's sample scripts, nanoGPT and Hugging Face, and what they are called here
+OTHER_NAMES = {"learning_rate": "lr", "max_iters": "steps", "max_steps": "steps", "block_size": "seq_len",
+               "max_length": "n_tokens_to_generate", "length": "n_tokens_to_generate", "nsamples": "n_samples",
+               "eval_interval": "eval_every", "warmup_iters": "warmup", "warmup_steps": "warmup",
+               "gradient_accumulation_steps": "accumulate", "out_dir": "out", "output_dir": "out",
+               "model_name": "model_size", "model": "model_size"}
 
 
-def run_command(main, text_flags=()):
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (docker stop, systemd, a job scheduler), raised where Ctrl-C would be, so that a command stops
+    the same way and says the same things (exit code 143 instead of 130)."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def run_command(main, usage, text_flags=()):
     """Run main(**flags) as this process's command line, with fire.
 
-    text_flags: the flags to take verbatim (fire would turn "1e3" into a number). A lone "-"
-    after a flag is that flag's value (stdin), not fire's separator. Results are printed by main
-    itself, so fire prints nothing more."""
+    usage: the first line of --help. text_flags: the flags to take verbatim (fire would turn "1e3"
+    into a number). A lone "-" after a flag is that flag's value (stdin), not fire's separator.
+    Results are printed by main itself, so fire prints nothing more."""
     import fire
 
     argv = []
@@ -37,12 +53,16 @@ def run_command(main, text_flags=()):
             argv[-1] += "=-"
         else:
             argv.append(arg)
+    signal.signal(signal.SIGTERM, raise_terminated)
     try:
+        if {"-h", "--help"} & set(argv[:argv.index("--") if "--" in argv else len(argv)]):
+            return print(help_text(main, usage))
+        check_flag_names(argv, main)
         check_text_values(argv, text_flags)
         verbatim = fire.decorators.SetParseFns(**dict.fromkeys(text_flags, str))(main)
         fire.Fire(verbatim, command=argv, serialize=lambda result: None)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        sys.exit(143 if isinstance(e, Terminated) else 130)
     except BrokenPipeError:  # `python gpt2.py ... | head` closed the pipe: not an error
         sys.stdout = None
         sys.exit(0)
@@ -50,8 +70,51 @@ def run_command(main, text_flags=()):
         sys.exit(f"error: {e}")
 
 
+def help_text(main, usage):
+    """--help: what the command does, then each flag with its default and meaning, in main's order (README's
+    tables follow it), from main's docstring (its "Args:" list)."""
+    summary, _, rest = inspect.getdoc(main).partition("\n\n")
+    description, _, args = rest.partition("Args:\n")
+    meanings = dict(re.findall(r"^\s+(\w+): (.*)$", args, re.M))
+    rows = [(f"--{name}", shown_default(p.default), meanings[name])
+            for name, p in inspect.signature(main).parameters.items()]
+    widths = [max(len(row[i]) for row in rows) for i in (0, 1)]
+    lines = [f"  {flag:{widths[0]}}  {default:{widths[1]}}  {meaning}" for flag, default, meaning in rows]
+    return "\n".join([f"usage: {usage}", "", summary, "", description.strip(), "",
+                      "flags (name, default, meaning):", *lines])
+
+
+def shown_default(value):
+    """A default as README's tables write it: none, off, 0.0001, 124M."""
+    if value is None or value is False:
+        return "none" if value is None else "off"
+    return value if isinstance(value, str) else f"{value:g}"
+
+
 # ---------------------------------------------------------------------------------------------
 # Checks of flags, each written once
+
+def check_flag_names(argv, main):
+    """Every flag in argv (before fire's own "--") is one of main's: fire would run the command first and
+    complain after. An unknown one is a one-line error naming it and the known flag nearest to it."""
+    known = list(inspect.signature(main).parameters)
+    for arg in argv[:argv.index("--") if "--" in argv else len(argv)]:
+        name = arg.lstrip("-").partition("=")[0].replace("-", "_")
+        if not re.match(r"-{1,2}[a-zA-Z]", arg) or len(name) > 1 and (name in known or name[2:] in known and
+                                                                        name.startswith("no")):
+            continue  # a value, a prompt, a known flag, or fire's --noswitch
+        prompt = "prompt" in known and (" " in arg or not arg.startswith("--"))
+        hint = '; to give a prompt that starts with "-", write --prompt="-..."' if prompt else ""
+        raise ValueError(f"unknown flag {arg.partition('=')[0]}: did you mean --{nearest_flag(name, known)}?{hint}")
+
+
+def nearest_flag(name, known):
+    """The known flag a mistyped or borrowed one most likely means: its name here (learning_rate -> lr), or the
+    one spelt most alike."""
+    if OTHER_NAMES.get(name) in known:
+        return OTHER_NAMES[name]
+    return max(known, key=lambda flag: (flag.startswith(name), difflib.SequenceMatcher(None, name, flag).ratio()))
+
 
 def check_text_values(argv, text_flags):
     """A text flag given without its value: fire would pass the text "True" (a folder named True, say)."""
@@ -70,12 +133,6 @@ def check_switches(flags, names):
     for name in names:  # fire passes "--score=no" as text
         if not isinstance(flags[name], bool):
             raise ValueError(f"--{name} is a switch: give it alone, without a value")
-
-
-def check_texts(flags, names):
-    for name in names:  # a flag given without a value comes as True
-        if flags[name] is not None and not isinstance(flags[name], str):
-            raise ValueError(f"--{name} needs a value")
 
 
 def refuse(names, verbs, rest):
@@ -103,7 +160,6 @@ def check_n_tokens(n_tokens_to_generate):
 def check_gpt2_flags(flags):
     """Every flag of gpt2_main, before the model is loaded."""
     check_switches(flags, ("ignore_eos", "score", "tokens", "each_line"))
-    check_texts(flags, GPT2_TEXT_FLAGS)
     check_prompt_source(flags["prompt"], flags["prompt_file"])
     check_n_tokens(flags["n_tokens_to_generate"])
     gpt2.check_sampling(*(flags[name] for name in ("n_tokens_to_generate", "temperature", "top_k", "top_p", "seed")),
@@ -125,31 +181,6 @@ def check_gpt2_flags(flags):
         gpt2.check_n_samples(flags["n_samples"], flags["temperature"], flag="--")
     if flags["stride"] is not None:
         gpt2.check_stride(flags["stride"], flag="--")
-
-
-def read_text(path, flag):
-    """The text of a UTF-8 file, or of stdin for "-", named `flag` in errors (e.g. "--prompt_file").
-    A leading byte-order mark is dropped."""
-    name = "stdin" if path == "-" else f"{flag} {path}"
-    try:
-        if path == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            with open(path, "rb") as f:
-                data = f.read()
-    except OSError as e:
-        raise ValueError(f"cannot read {name}: {e.strerror or e}") from None
-    try:
-        return data.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{name} is not UTF-8 text: byte offset {e.start} (0x{data[e.start]:02x}): {e.reason}; "
-                         "save it as UTF-8") from None
-
-
-def lines_of(text):
-    """(line number, line) of each line, split on newlines only, as editors number them: a form
-    feed or U+2028 inside a line is part of it. A line's closing "\\r" (Windows files) is dropped."""
-    return [(number, line.removesuffix("\r")) for number, line in enumerate(text.split("\n"), 1)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,7 +291,8 @@ def gpt2_main(prompt=None, n_tokens_to_generate=40, model_size="124M", models_di
 
     text = prompt if prompt_file is None else read_text(prompt_file, "--prompt_file")
     if score and not text:
-        raise ValueError("there is nothing to score: give a prompt")
+        raise ValueError("there is nothing to score: " + ("give a prompt" if prompt_file is None else
+                                                           f"--prompt_file {prompt_file} is empty"))
     encoder, hparams, params = load_encoder_hparams_and_params(model_size, models_dir, model_dir)
     n_head, stop_id = hparams["n_head"], None if ignore_eos else EOT
     if stride is not None:
@@ -272,19 +304,25 @@ def gpt2_main(prompt=None, n_tokens_to_generate=40, model_size="124M", models_di
         return print_score(inputs, encoder, params, n_head, stride, tokens or len(inputs) <= TOKEN_LINES)
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop_id=stop_id)
     if n_samples is not None:
-        progress = progress_bar(f"{n_samples} samples", "token")
+        progress = progress_bar(f"{n_samples} sample{'s' if n_samples > 1 else ''}", "token")
         return print_samples(gpt2.generate_many(inputs, params, n_head, n_tokens_to_generate, n_samples, **sampling,
                                                 progress=progress), encoder)
     return print_stream(gpt2.stream(inputs, params, n_head, n_tokens_to_generate, **sampling), encoder)
 
 
 def gpt2_command():
-    run_command(gpt2_main, GPT2_TEXT_FLAGS)
+    run_command(gpt2_main, 'python gpt2.py "PROMPT" [--flag value ...]', GPT2_TEXT_FLAGS)
 
 
 def print_params(model_size="124M", models_dir="models"):
-    """Print hparams and every parameter's shape: python utils.py --model_size 124M"""
-    check_texts(dict(locals()), ("model_size", "models_dir"))
+    """Print a model's hparams and the shape of every parameter.
+
+    Downloads OpenAI's checkpoint into models_dir/model_size on first use, as gpt2.py does.
+
+    Args:
+        model_size: 124M, 355M, 774M or 1558M
+        models_dir: where model folders are kept, relative to the current directory
+    """
     import json
 
     from utils import load_encoder_hparams_and_params, param_shapes
@@ -298,351 +336,54 @@ def print_params(model_size="124M", models_dir="models"):
 
 
 def utils_command():
-    run_command(print_params, ("model_size", "models_dir"))
+    run_command(print_params, "python utils.py [--model_size 124M] [--models_dir models]", ("model_size", "models_dir"))
 
 
 # ---------------------------------------------------------------------------------------------
-# train.py: fine-tuning runs
+# train.py: the command line of a fine-tuning run (finetune.py)
 
-TRAIN_TEXT_FLAGS = ("data", "model_size", "models_dir", "model_dir", "out", "val_data")
-# The flags that shape a run's weights: recorded with it, and a resumed run keeps them.
-RUN_FLAGS = ("batch_size", "seq_len", "lr", "warmup", "weight_decay", "grad_clip", "accumulate", "seed")
-STATE_FILE = "train_state.npz"  # AdamW's moments, the step, the batches' generator and the run's record
-LOG_FILE, PLOT_FILE = "log.csv", "loss.png"
-LOG_COLUMNS = ("step", "lr", "train_loss", "val_loss", "tokens_per_s", "seconds")
-VAL_WINDOWS = 32  # at most this many windows of the validation text are scored at each evaluation
-SAMPLE_TOKENS = 40
+TRAIN_TEXT_FLAGS = ("data", "model_size", "models_dir", "model_dir", "out", "val_data", "lr_schedule")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def check_train_flags(flags):
     """Every flag of train_main that can be checked before anything is read."""
-    check_switches(flags, ("resume",))
-    check_texts(flags, TRAIN_TEXT_FLAGS)
+    check_switches(flags, ("keep_best", "model_only", "resume"))
     if flags["data"] is None:
         raise ValueError("give the text to learn: --data PATH (a UTF-8 file)")
     for name in ("steps", "batch_size", "seq_len", "accumulate"):
         gpt2.check_whole(flags[name], f"--{name}", 1)
     for name in ("warmup", "seed", "eval_every", "sample_every", "save_every"):
         gpt2.check_whole(flags[name], f"--{name}", 0)
-    if not (gpt2.is_real(flags["lr"]) and flags["lr"] > 0):
-        raise ValueError(f"--lr must be a number above 0 (e.g. 1e-4), not {flags['lr']!r}")
-    for name in ("weight_decay", "grad_clip"):
-        if not (gpt2.is_real(flags[name]) and flags[name] >= 0):
-            raise ValueError(f"--{name} must be a number >= 0, not {flags[name]!r}")
+    for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
+        least = "above 0 (e.g. 1e-4)" if name == "lr" else ">= 0"
+        if flags[name] is not None and not (gpt2.is_real(flags[name]) and flags[name] >= 0 and
+                                            (flags[name] > 0 or name != "lr")):
+            raise ValueError(f"--{name} must be a number {least}, not {flags[name]!r}")
+    check_schedule(flags)
+    given = given_flags(train_main, flags)
     if flags["model_dir"] is not None:
-        refuse([name for name in given_flags(train_main, flags) if name in ("model_size", "models_dir")],
+        refuse([name for name in given if name in ("model_size", "models_dir")],
                ("does", "do"), "not go with --model_dir, which names the starting model's folder itself")
+    if flags["keep_best"]:
+        refuse([name for name in given if name == "save_every"], ("does", "do"),
+               "not go with --keep_best, which saves whenever the validation loss improves")
 
 
-def default_out(flags):
-    """Where a run goes without --out: beside its starting model, named after the text (models/124M-my_text)."""
-    stem = "stdin" if flags["data"] == "-" else os.path.splitext(os.path.basename(flags["data"]))[0] or "data"
-    start = flags["model_dir"] or os.path.join(flags["models_dir"], flags["model_size"])
-    return f"{os.path.normpath(start)}-{stem}"
-
-
-def read_record(out):
-    """The record of the run saved in out ({"step", "flags", "start", "data_sha256", "val_sha256", "elapsed"}),
-    or None if out holds no run."""
-    path = os.path.join(out, STATE_FILE)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with np.load(path) as state:
-            return {**json.loads(str(state["record"])), "step": int(state["step"])}
-    except (OSError, ValueError, KeyError):
-        raise ValueError(f"{path} is truncated or corrupt: this run cannot be resumed") from None
-
-
-def check_out(out, flags, record):
-    """--out must be a new or empty folder, or, with --resume, an earlier run's."""
-    start = start_folder(flags)
-    if os.path.exists(out) and os.path.exists(start) and os.path.samefile(out, start):
-        raise ValueError(f"--out {out} is the starting model's folder: choose another, e.g. --out {default_out(flags)}")
-    if os.path.basename(os.path.normpath(out)) in MODEL_SIZES:
-        raise ValueError(f"--out {out} is named as OpenAI's downloads are: choose another folder")
-    if flags["resume"] and record is None:
-        raise ValueError(f"--resume: {out} holds no run of train.py ({STATE_FILE} is missing): leave out --resume "
-                         "to start one")
-    if not flags["resume"] and record is not None:
-        raise ValueError(f"--out {out} holds a run of train.py (at step {record['step']}): add --resume to go on "
-                         "with it, or choose another --out")
-    if not flags["resume"] and os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise ValueError(f"--out {out} is not a new or empty folder: choose another")
-
-
-def check_resumable(record, flags, out, text_hashes):
-    """A resumed run goes on with what it began with: the same flags that shape it, the same texts, and
-    the same starting model if one is named again."""
-    for name in set(given_flags(train_main, flags)) & set(RUN_FLAGS):
-        if flags[name] != record["flags"][name]:
-            raise ValueError(f"--{name} {flags[name]} is not the {record['flags'][name]} that the run in {out} "
-                             f"began with: leave out --{name} to go on with it, or start a new --out")
-    for name, key, text_hash in (("data", "data_sha256", text_hashes[0]), ("val_data", "val_sha256", text_hashes[1])):
-        if text_hash != record[key]:
-            raise ValueError(f"the run in {out} learned from another --{name}" + (": give it again" if text_hash is None
-                             else " (its sha256 differs): give the same file, or start a new --out"))
-    named = [name for name in given_flags(train_main, flags) if name in ("model_size", "models_dir", "model_dir")]
-    if named and index_sha256(start_folder(flags)) != record["start"]["index_sha256"]:
-        raise ValueError(f"{' '.join('--' + name for name in named)} do not name the model the run in {out} "
-                         f"started from ({record['start']['model']}): leave them out to go on with it")
-
-
-def start_folder(flags):
-    return flags["model_dir"] or os.path.join(flags["models_dir"], flags["model_size"])
-
-
-def index_sha256(model_dir):
-    """The sha256 of a model's checkpoint index, which holds every tensor's CRC32C: the weights' identity
-    ("" if there is none)."""
-    try:
-        with open(os.path.join(model_dir, "model.ckpt.index"), "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
-    except OSError:
-        return ""
-
-
-def split_tokens(encoder, text, val_text, seq_len):  # -> train, validation: [n_tokens] each
-    """The text's token ids, the last 10% held out for validation unless a validation text is given, each
-    part long enough for one window of seq_len + 1 tokens."""
-    tokens = np.array(encoder.encode(text), np.int64)
-    if val_text is None:
-        n_train = len(tokens) - len(tokens) // 10
-        parts = {"training": tokens[:n_train], "validation": tokens[n_train:]}
-    else:
-        parts = {"training": tokens, "validation": np.array(encoder.encode(val_text), np.int64)}
-    fits = min(len(part) for part in parts.values()) - 1
-    for name, part in parts.items():
-        if len(part) < seq_len + 1:
-            split = "" if val_text is not None else f" of the {len(tokens):,} in --data (the last 10% are held out)"
-            fix = f"use --seq_len {fits} or less" if fits >= 1 else "give a longer text"
-            raise ValueError(f"the {name} part has {len(part):,} tokens{split}, too few for one window of "
-                             f"--seq_len {seq_len} + 1: {fix}")
-    return parts["training"], parts["validation"]
-
-
-def read_texts(flags):
-    """The texts of --data and --val_data (None if not given), and the sha256 of each."""
-    texts = [None if flags[name] is None else read_text(flags[name], f"--{name}") for name in ("data", "val_data")]
-    for name, text in zip(("data", "val_data"), texts):
-        if text is not None and not text.strip():
-            raise ValueError(f"--{name} {flags[name]} holds no text")
-    return texts, [None if text is None else hashlib.sha256(text.encode()).hexdigest() for text in texts]
-
-
-def open_out(flags, hashes):
-    """--out's path and the record of the run it holds (None for a new run), checked against the flags."""
-    from store import settled_folder
-
-    out = flags["out"] or default_out(flags)
-    if os.path.isdir(out):
-        with settled_folder(out):  # a save cut short is finished or undone, a killed run's lock file removed
-            pass
-    record = read_record(out) if os.path.isdir(out) else None
-    check_out(out, flags, record)
-    if record is not None:
-        check_resumable(record, flags, out, hashes)
-        if record["step"] >= flags["steps"]:
-            raise ValueError(f"the run in {out} is at step {record['step']} already: give --steps above "
-                             f"{record['step']} to go on")
-    return out, record
-
-
-def start_run(flags):
-    """Everything a run needs, from --data, the starting model or --out's saved run, checked before a file
-    is written: the flags, texts, model, AdamW's state, the batches' generator and the step."""
-    from train import adamw_state, eval_windows, writable_copy
-    from utils import load_encoder_hparams_and_params
-
-    (text, val_text), hashes = read_texts(flags)
-    out, record = open_out(flags, hashes)
-    flags = {**flags, **(record["flags"] if record else {})}  # a resumed run goes on as it began
-    where = {"model_dir": out} if record else {"model_dir": flags["model_dir"]} if flags["model_dir"] else \
-        {"model_size": flags["model_size"], "models_dir": flags["models_dir"]}
-    encoder, hparams, params = load_encoder_hparams_and_params(**where)
-    if flags["seq_len"] > hparams["n_ctx"]:
-        raise ValueError(f"--seq_len {flags['seq_len']} is longer than the model's context of {hparams['n_ctx']}")
-    train_tokens, val_tokens = split_tokens(encoder, text, val_text, flags["seq_len"])
-    start = start_folder(flags)
-    run = {"flags": flags, "out": out, "encoder": encoder, "hparams": hparams, "params": writable_copy(params),
-           "train": train_tokens, "val": eval_windows(val_tokens, flags["seq_len"], VAL_WINDOWS),
-           "vocab_dir": out if record else start,
-           "record": record or {"flags": {name: flags[name] for name in RUN_FLAGS}, "data_sha256": hashes[0],
-                                "val_sha256": hashes[1], "elapsed": 0.0,
-                                "start": {"model": start, "index_sha256": index_sha256(start)}}}
-    del params  # the loaded arrays map the checkpoint's file: let go of it before a save replaces it
-    return resume_state(run) if record else {**run, "state": adamw_state(run["params"]), "step": 0,
-                                             "rng": np.random.default_rng(flags["seed"])}
-
-
-def resume_state(run):
-    """The run with AdamW's state, the step and the batches' generator as the last save left them."""
-    from utils import unflatten
-
-    n_layer = run["hparams"]["n_layer"]
-    with np.load(os.path.join(run["out"], STATE_FILE)) as saved:
-        moments = {key: unflatten({name.removeprefix(key + "/"): saved[name] for name in saved.files
-                                   if name.startswith(key + "/")}, n_layer) for key in ("m", "v")}
-        rng = np.random.default_rng()
-        rng.bit_generator.state = json.loads(str(saved["rng"]))
-        step = int(saved["step"])
-    trim_log(run["out"], step)
-    return {**run, "state": {"step": step, **moments}, "step": step, "rng": rng}
-
-
-def fine_tune(run):
-    """Train from run["step"] to --steps: the validation loss at step 0 and every --eval_every steps, a
-    sample every --sample_every, a save every --save_every and at the end. A tqdm bar on stderr shows the
-    loss, tokens/s and the time left; evaluations, samples and saves are reported on stdout."""
-    from tqdm import tqdm
-
-    flags = run["flags"]
-    with tqdm(total=flags["steps"], initial=run["step"], desc="fine-tuning", unit="step", dynamic_ncols=True) as bar:
-        try:
-            if run["step"] == 0:
-                log_step(run, bar, None, None)
-            while run["step"] < flags["steps"]:
-                train_one_step(run, bar)
-        except KeyboardInterrupt:
-            bar.close()
-            print(f"interrupted at step {run['step']}: {last_save(run)}", file=sys.stderr)
-            raise
-        except FloatingPointError as e:
-            raise ValueError(f"step {run['step'] + 1} went wrong ({e}): the learning rate is too high for this "
-                             f"text and model, so lower --lr (it is {flags['lr']:g}); {last_save(run)}") from None
-    plot_losses(run)
-    return run["params"]
-
-
-def train_one_step(run, bar):
-    """One step of train.train_step, then what falls due at it: evaluating, logging, sampling, saving."""
-    from train import leaves, learning_rate, train_step
-
-    flags, step = run["flags"], run["step"] + 1
-    lr = learning_rate(step, flags["lr"], flags["warmup"])
-    save = every(step, flags["save_every"]) or step == flags["steps"]
-    start = time.perf_counter()
-    with np.errstate(all="ignore"):  # a step that goes non-finite is reported as a whole, not op by op
-        loss, _ = train_step(run["params"], run["state"], run["train"], run["rng"], run["hparams"]["n_head"],
-                             flags["batch_size"], flags["seq_len"], lr, flags["accumulate"], flags["weight_decay"],
-                             flags["grad_clip"] or None)
-        if save and not all(np.isfinite(p).all() for p in leaves(run["params"])):  # never saved
-            raise FloatingPointError("some weights are not finite")
-    seconds = time.perf_counter() - start
-    run["step"], run["record"]["elapsed"] = step, run["record"]["elapsed"] + seconds
-    tokens_per_s = flags["batch_size"] * flags["seq_len"] * flags["accumulate"] / seconds
-    bar.set_postfix(loss=f"{loss:.3f}", tokens_per_s=f"{tokens_per_s:.0f}")
-    bar.update()
-    log_step(run, bar, (lr, loss, tokens_per_s), every(step, flags["eval_every"]) or step == flags["steps"])
-    if every(step, flags["sample_every"]):
-        print_training_sample(run, bar)
-    if save:
-        save_run(run, bar)
-
-
-def every(step, period):
-    return period > 0 and step % period == 0
-
-
-def log_step(run, bar, trained, evaluate):
-    """Append the step's row to log.csv: (lr, train loss, tokens/s) if a step was trained, and the
-    validation loss if evaluate (always at step 0)."""
-    from train import evaluate as validation_loss
-
-    val = None
-    if evaluate or run["step"] == 0:
-        val = validation_loss(run["val"], run["params"], run["hparams"]["n_head"], run["flags"]["batch_size"])
-        bar.write(f"step {run['step']}: validation loss {val:.4f}")
-    lr, loss, tokens_per_s = trained or (None, None, None)
-    row = [run["step"], lr, loss, val, tokens_per_s, run["record"]["elapsed"]]
-    path = os.path.join(run["out"], LOG_FILE)
-    os.makedirs(run["out"], exist_ok=True)
-    new = not os.path.exists(path)
-    with open(path, "a", encoding="utf-8") as f:
-        if new:
-            f.write(",".join(LOG_COLUMNS) + "\n")
-        f.write(",".join("" if value is None else f"{value:.6g}" for value in row) + "\n")
-    if val is not None:
-        plot_losses(run)
-
-
-def trim_log(out, step):
-    """Drop log.csv's rows after `step`: they are of steps a resumed run does again."""
-    path = os.path.join(out, LOG_FILE)
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            header, *rows = f.read().splitlines()
-        kept = [row for row in rows if row.split(",")[0].isdigit() and int(row.split(",")[0]) <= step]
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("\n".join([header, *kept]) + "\n")
-
-
-def print_training_sample(run, bar):
-    """A short sample from <|endoftext|>, the same draw at every step, so that a person sees the model change."""
-    ids = gpt2.generate([EOT], run["params"], run["hparams"]["n_head"], min(SAMPLE_TOKENS, run["hparams"]["n_ctx"]),
-                        temperature=0.8, top_k=40, seed=run["flags"]["seed"])
-    bar.write(f"step {run['step']}, a sample: {run['encoder'].decode(ids)!r}")
-
-
-def save_run(run, bar):
-    """The weights in OpenAI's layout, and the state a resumed run needs, as one save (utils.save_model_folder:
-    a process killed while saving leaves the previous save or this one)."""
-    from utils import flatten, save_model_folder
-
-    def write_state(path):
-        moments = {f"{key}/{name}": array for key in ("m", "v") for name, array in flatten(run["state"][key]).items()}
-        with open(path, "wb") as f:
-            record = {key: value for key, value in run["record"].items() if key != "step"}
-            np.savez(f, step=run["step"], rng=json.dumps(run["rng"].bit_generator.state), record=json.dumps(record),
-                     **moments)
-
-    save_model_folder(run["out"], run["params"], run["hparams"], run["vocab_dir"], {STATE_FILE: write_state})
-    bar.write(f"step {run['step']}: saved to {run['out']}")
-
-
-def last_save(run):
-    """What --out holds, read from it once a save that was cut short is finished or undone."""
-    from store import settled_folder
-
-    record = None
-    if os.path.isdir(run["out"]):
-        with settled_folder(run["out"]):
-            record = read_record(run["out"])
-    if record is None:
-        return "nothing was saved yet"
-    return f"{run['out']} holds step {record['step']}, the last save (--resume goes on from it)"
-
-
-def plot_losses(run):
-    """loss.png beside log.csv: the training and validation losses by step, if matplotlib is installed
-    (it is not needed to train: a note says so, once)."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        if not run.get("noted_plot"):
-            print("note: matplotlib is not installed, so there is no loss.png (log.csv has the losses)",
-                  file=sys.stderr)
-            run["noted_plot"] = True
-        return
-    with open(os.path.join(run["out"], LOG_FILE), encoding="utf-8") as f:
-        rows = [dict(zip(LOG_COLUMNS, line.split(","))) for line in f.read().splitlines()[1:]]
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
-    for column, label in (("train_loss", "training"), ("val_loss", "validation")):
-        points = [(int(row["step"]), float(row[column])) for row in rows if row.get(column)]
-        if points:
-            ax.plot(*zip(*points), marker="o" if column == "val_loss" else None, label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats per token)")
-    ax.legend()
-    path = os.path.join(run["out"], PLOT_FILE)
-    fig.savefig(path + ".tmp", format="png")
-    os.replace(path + ".tmp", path)
+def check_schedule(flags):
+    if flags["lr_schedule"] not in LR_SCHEDULES:
+        raise ValueError(f"--lr_schedule must be {' or '.join(LR_SCHEDULES)}, not {flags['lr_schedule']!r}")
+    if flags["lr_schedule"] == "constant":
+        refuse([name for name in ("min_lr", "decay_steps") if flags[name] is not None], ("goes", "go"),
+               "with --lr_schedule cosine")
+    if flags["decay_steps"] is not None:
+        gpt2.check_whole(flags["decay_steps"], "--decay_steps", flags["warmup"] + 1)
 
 
 def train_main(data=None, model_size="124M", models_dir="models", model_dir=None, out=None, steps=200, batch_size=4,
-               seq_len=256, lr=1e-4, warmup=20, weight_decay=0.0, grad_clip=1.0, accumulate=1, seed=0, val_data=None,
-               eval_every=25, sample_every=50, save_every=50, resume=False):
+               seq_len=256, lr=1e-4, warmup=20, lr_schedule="constant", min_lr=None, decay_steps=None,
+               weight_decay=0.0, grad_clip=1.0, accumulate=1, seed=0, val_data=None, eval_every=25, sample_every=50,
+               save_every=50, keep_best=False, model_only=False, resume=False):
     """Fine-tune GPT-2 on a text of your own and save it in OpenAI's checkpoint format.
 
     Starts from OpenAI's model (downloaded on first use, as gpt2.py does) or from a model folder,
@@ -659,24 +400,27 @@ def train_main(data=None, model_size="124M", models_dir="models", model_dir=None
         seq_len: tokens per window, at most the model's context (1024); the main lever for speed and memory
         lr: the learning rate after warmup (gpt-2-simple's; nanoGPT's 3e-5 is gentler, for longer runs)
         warmup: steps over which the rate rises linearly to lr, so the first steps do not jolt the model
+        lr_schedule: constant (the rate stays lr) or cosine (falls to min_lr by decay_steps, as nanoGPT's)
+        min_lr: with cosine: the rate it falls to (none: lr / 10, nanoGPT's)
+        decay_steps: with cosine: the step it reaches min_lr at (none: --steps as the run begins; kept on --resume)
         weight_decay: AdamW's decay of the weight matrices (0: a short fine-tune needs no pull towards 0)
         grad_clip: largest global norm of the gradients, as nanoGPT (0: no clipping)
         accumulate: batches whose gradients add up to one step: a larger batch in the same memory
         seed: makes the run repeatable (which windows each step learns from)
         val_data: a UTF-8 file to measure the validation loss on (none: the last 10% of --data)
         eval_every: steps between validation losses (also at step 0 and at the end)
-        sample_every: steps between short samples, to see the model change (0: none)
+        sample_every: steps between short samples, to see the model change (also at the end; 0: only then)
         save_every: steps between saves (also at the end; 0: only at the end)
+        keep_best: save only when the validation loss improves, so --out holds the best model seen
+        model_only: at the end, delete train_state.npz (twice the model's size): the model stays, not resumable
         resume: go on with the run saved in --out, up to --steps in all
     """
-    check_train_flags(dict(locals()))
-    run = start_run(dict(locals()))
-    print(f"fine-tuning {run['record']['start']['model']} on {len(run['train']):,} tokens of {data} "
-          f"({len(run['val'])} validation windows) from step {run['step']} to {run['flags']['steps']}, saving to "
-          f"{run['out']}", file=sys.stderr)
-    fine_tune(run)
-    return None
+    flags = dict(locals())
+    check_train_flags(flags)
+    from finetune import fine_tune  # the run loads tqdm, the loader and the training code only now
+
+    fine_tune(flags, given_flags(train_main, flags))
 
 
 def train_command():
-    run_command(train_main, TRAIN_TEXT_FLAGS)
+    run_command(train_main, "python train.py --data TEXT_FILE [--flag value ...]", TRAIN_TEXT_FLAGS)

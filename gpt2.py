@@ -208,55 +208,6 @@ def sample(logits, temperature=0.0, top_k=None, top_p=None, rng=None):  # [n_voc
     return int(rng.choice(ids, p=probs))
 
 
-# The checks below raise a plain ValueError before any work is done. `flag` is how a name is
-# written in the message: "" in Python, "--" when the command line checks its flags with them.
-
-def is_whole(x, least):
-    """Whether x is a whole number >= least (True and False are not numbers here)."""
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= least
-
-
-def is_real(x):
-    return isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def check_whole(x, name, least):
-    if not is_whole(x, least):
-        raise ValueError(f"{name} must be a whole number >= {least}, not {x!r}")
-
-
-def check_sampling(n_tokens_to_generate, temperature, top_k, top_p, seed, flag=""):
-    check_whole(n_tokens_to_generate, f"{flag}n_tokens_to_generate", 0)
-    if not (is_real(temperature) and temperature >= 0):
-        raise ValueError(f"{flag}temperature must be a number >= 0 (0 is greedy), not {temperature!r}")
-    if top_k is not None:
-        check_whole(top_k, f"{flag}top_k", 1)
-    if top_p is not None and not (is_real(top_p) and 0 < top_p <= 1):
-        raise ValueError(f"{flag}top_p must be a number in (0, 1], not {top_p!r}")
-    if seed is not None:
-        check_whole(seed, f"{flag}seed", 0)
-
-
-def check_n_samples(n_samples, temperature, flag=""):
-    check_whole(n_samples, f"{flag}n_samples", 1)
-    if n_samples > 1 and temperature == 0:
-        raise ValueError(f"{n_samples} samples at temperature 0 would all be the same greedy text: "
-                         f"set {flag or 'a '}temperature (e.g. 1) to sample")
-
-
-def check_generation(inputs, params, n_tokens_to_generate, temperature, top_k, top_p, seed):
-    """The sampling settings, and that the prompt and the new tokens fit the context: the model
-    is fed the prompt and every new token but the last, so n_ctx tokens of prompt may get one."""
-    check_sampling(n_tokens_to_generate, temperature, top_k, top_p, seed)
-    if len(inputs) == 0:
-        raise ValueError("inputs must hold at least one token; [EOT] starts from nothing, as GPT-2 does")
-    n_ctx, n_fed = len(params["wpe"]), len(inputs) + max(n_tokens_to_generate - 1, 0)
-    if n_fed > n_ctx:
-        raise ValueError(f"the prompt is {len(inputs)} tokens and {n_tokens_to_generate} more were asked for, "
-                         f"but the model sees at most {n_ctx} (the prompt and every new token but the last): "
-                         "shorten the prompt or generate fewer tokens")
-
-
 def stream_tokens(inputs, params, n_head, n_tokens_to_generate, temperature, top_k, top_p, seed, stop_id):
     """The generator behind `stream`, its arguments already checked."""
     rng = np.random.default_rng(seed)  # a generator of our own: no global random state
@@ -357,13 +308,6 @@ def log_softmax_at(logits, ids):  # [n, n_vocab], [n] -> [n]
     return out
 
 
-def check_stride(stride, n_ctx=None, flag=""):
-    """A stride for score's windows: a whole number from 1 to n_ctx (n_ctx None: not known yet)."""
-    if not (is_whole(stride, 1) and (n_ctx is None or stride <= n_ctx)):
-        upto = f" from 1 to {n_ctx} (the context)" if n_ctx is not None else " >= 1"
-        raise ValueError(f"{flag}stride must be a whole number{upto}, not {stride!r}")
-
-
 def score(inputs, params, n_head, stride=None, progress=None):  # [n_seq] -> [n_seq]
     """Log-probability of each token given the ones before it. The first token is scored after
     <|endoftext|>, the way GPT-2 saw documents begin. Sum for the total; exp(-mean) is perplexity.
@@ -430,6 +374,63 @@ def score_many(texts, params, n_head, stride=None, max_rows=64, max_positions=51
         for row, i in enumerate(batch):
             results[i] = log_softmax_at(logits[row, :len(texts[i])], texts[i])
     return results
+
+
+# ---------------------------------------------------------------------------------------------
+# The checks below raise a plain ValueError before any work is done. `flag` is how a name is
+# written in the message: "" in Python, "--" when the command line checks its flags with them.
+
+def is_whole(x, least):
+    """Whether x is a whole number >= least (True and False are not numbers here)."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= least
+
+
+def is_real(x):
+    return isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_whole(x, name, least):
+    if not is_whole(x, least):
+        raise ValueError(f"{name} must be a whole number >= {least}, not {x!r}")
+
+
+def check_sampling(n_tokens_to_generate, temperature, top_k, top_p, seed, flag=""):
+    check_whole(n_tokens_to_generate, f"{flag}n_tokens_to_generate", 0)
+    if not (is_real(temperature) and temperature >= 0):
+        raise ValueError(f"{flag}temperature must be a number >= 0 (0 is greedy), not {temperature!r}")
+    if top_k is not None:
+        check_whole(top_k, f"{flag}top_k", 1)
+    if top_p is not None and not (is_real(top_p) and 0 < top_p <= 1):
+        raise ValueError(f"{flag}top_p must be a number in (0, 1], not {top_p!r}")
+    if seed is not None:
+        check_whole(seed, f"{flag}seed", 0)
+
+
+def check_n_samples(n_samples, temperature, flag=""):
+    check_whole(n_samples, f"{flag}n_samples", 1)
+    if n_samples > 1 and temperature == 0:
+        raise ValueError(f"{n_samples} samples at temperature 0 would all be the same greedy text: "
+                         f"set {flag or 'a '}temperature (e.g. 1) to sample")
+
+
+def check_generation(inputs, params, n_tokens_to_generate, temperature, top_k, top_p, seed):
+    """The sampling settings, and that the prompt and the new tokens fit the context: the model
+    is fed the prompt and every new token but the last, so n_ctx tokens of prompt may get one."""
+    check_sampling(n_tokens_to_generate, temperature, top_k, top_p, seed)
+    if len(inputs) == 0:
+        raise ValueError("inputs must hold at least one token; [EOT] starts from nothing, as GPT-2 does")
+    n_ctx, n_fed = len(params["wpe"]), len(inputs) + max(n_tokens_to_generate - 1, 0)
+    if n_fed > n_ctx:
+        raise ValueError(f"the prompt is {len(inputs)} tokens and {n_tokens_to_generate} more were asked for, "
+                         f"but the model sees at most {n_ctx} (the prompt and every new token but the last): "
+                         "shorten the prompt or generate fewer tokens")
+
+
+def check_stride(stride, n_ctx=None, flag=""):
+    """A stride for score's windows: a whole number from 1 to n_ctx (n_ctx None: not known yet)."""
+    if not (is_whole(stride, 1) and (n_ctx is None or stride <= n_ctx)):
+        upto = f" from 1 to {n_ctx} (the context)" if n_ctx is not None else " >= 1"
+        raise ValueError(f"{flag}stride must be a whole number{upto}, not {stride!r}")
 
 
 if __name__ == "__main__":  # the command line lives in cli.py; `import gpt2` stays NumPy only

@@ -50,7 +50,9 @@ def base_url():
 
 def where_else(path):
     """The end of every download error: where else the file can come from."""
-    return f"set GPT2_BASE_URL to a mirror with the same layout, or copy the file to {path} by hand"
+    mirror = os.environ.get("GPT2_BASE_URL")
+    other = f"check GPT2_BASE_URL ({mirror})" if mirror else "set GPT2_BASE_URL to a mirror with the same layout"
+    return f"{other}, or copy the file to {path} by hand"
 
 
 class RetryableError(Exception):
@@ -83,8 +85,8 @@ def download_file(url, path):
         except (RetryableError, requests.ConnectionError, requests.Timeout) as e:
             failures = 1 if part_size(path) > had else failures + 1
             if failures > RETRIES:
-                raise OSError(f"could not download {url} ({short_reason(e)}). Run again to resume, "
-                              f"or {where_else(path)}") from None
+                again = "Run again to resume" if part_size(path) else "Check the network and run again"
+                raise OSError(f"could not download {url} ({short_reason(e)}). {again}, or {where_else(path)}") from None
             wait = 0.5 * 2 ** (failures - 1)
             print(f"{os.path.basename(path)}: {short_reason(e)}; trying again in {wait:g} s", file=sys.stderr)
             time.sleep(wait)
@@ -205,14 +207,14 @@ def add_file_to_digest(digest, path):
 def download_gpt2_files(model_size, model_dir):
     """Fetch those of OpenAI's seven files for model_size that model_dir does not have yet,
     resuming any left cut off, unless it has the five that are read (REQUIRED_FILES): a folder
-    copied in by hand, or a fine-tuned one, needs no `checkpoint` or `.meta`. The big data file
-    comes last, so that a mirror without one of the small files is found out before a long
-    download, not after."""
+    copied in by hand, or a fine-tuned one, needs no `checkpoint` or `.meta`. The small files
+    that are read come first (an error names one the loader needs), the big data file last, so
+    that a mirror without one of the small files is found out before a long download, not after."""
     check_model_size(model_size)
     os.makedirs(model_dir, exist_ok=True)
     if all(os.path.isfile(os.path.join(model_dir, name)) for name in REQUIRED_FILES):
         return
-    for filename in sorted(FILENAMES, key=lambda name: name == DATA_FILE):
+    for filename in sorted(FILENAMES, key=lambda name: (name == DATA_FILE, name not in REQUIRED_FILES)):
         path = os.path.join(model_dir, filename)
         if not os.path.isfile(path):
             download_file(f"{base_url()}/{model_size}/{filename}", path)

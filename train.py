@@ -394,10 +394,20 @@ def get_batch(tokens, batch_size, seq_len, rng):  # [n_tokens] -> inputs, target
     return windows[:, :-1], windows[:, 1:]
 
 
-def learning_rate(step, lr, warmup):
-    """The rate of the step-th step (from 1): rising linearly to lr over the first `warmup` steps, then lr.
-    It never depends on how many steps there will be, so a run that goes on later is the same run."""
-    return lr * min(1.0, step / warmup) if warmup else lr
+def learning_rate(step, lr, warmup, schedule="constant", min_lr=0.0, decay_steps=None):
+    """The rate of the step-th step (from 1): rising linearly to lr over the first `warmup` steps, then
+    "constant": lr from there on;
+    "cosine": falling from lr to min_lr along half a cosine, from the warmup's end to step decay_steps, and min_lr
+    after it (nanoGPT's schedule, its lr_decay_iters being decay_steps).
+    Neither depends on how many steps the run takes in the end, so a run that goes on later is the same run."""
+    if warmup and step < warmup:
+        return lr * step / warmup
+    if schedule == "constant":
+        return lr
+    if step >= decay_steps:
+        return min_lr
+    progress = (step - warmup) / (decay_steps - warmup)  # 0 at the warmup's end, 1 at decay_steps
+    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
 def train_step(params, state, tokens, rng, n_head, batch_size, seq_len, lr, accumulate=1, weight_decay=0.0,

@@ -24,6 +24,15 @@ from store import DATA_FILE, INDEX_FILE, REQUIRED_FILES, DamagedFile, base_url, 
 # Imported from utils before the store and the format had files of their own; they still are.
 from store import BASE_URL, FILENAMES, MODEL_SIZES, download_file  # noqa: F401
 
+
+class MixedFolder(ValueError):
+    """A folder whose checkpoint and hparams.json are of different models, as `what` says."""
+
+    def __init__(self, what):
+        super().__init__(f"{what}: put the right one in, or delete the wrong one and run again to download it")
+        self.what = what
+
+
 HPARAMS = ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")
 OPENAI_SHAPES = {"124M": (12, 768, 12), "355M": (24, 1024, 16), "774M": (36, 1280, 20), "1558M": (48, 1600, 25)}
 VERIFIED_FILE = "verified.json"  # which versions of the checkpoint have passed their checksums
@@ -44,7 +53,33 @@ def load_encoder_hparams_and_params(model_size="124M", models_dir="models", mode
         return load_model_dir(model_dir)
     check_model_size(model_size)
     model_dir = os.path.join(models_dir, model_size)
-    os.makedirs(model_dir, exist_ok=True)
+    made = make_folders(models_dir, model_dir)
+    try:
+        return download_and_read(model_size, model_dir)
+    except BaseException:  # nothing came (offline, say): a folder made for it goes again
+        for folder in made:
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
+        raise
+
+
+def make_folders(models_dir, model_dir):
+    """models_dir and models_dir/model_size made if missing, never under a parent that does not exist (a
+    mistyped models_dir would otherwise make a tree from the root). Returns those made, the deepest first."""
+    made = []
+    for folder in (models_dir or ".", model_dir):
+        if not os.path.isdir(folder):
+            parent = os.path.dirname(os.path.abspath(folder))
+            if not os.path.isdir(parent):
+                raise ValueError(f"models_dir {models_dir} cannot be made: {parent} does not exist (a typo?); "
+                                 "give a models_dir in a folder that exists")
+            os.mkdir(folder)
+            made.insert(0, folder)
+    return made
+
+
+def download_and_read(model_size, model_dir):
+    """load_encoder_hparams_and_params's download, check and repair of model_dir."""
     refetched = {}  # path -> "resumed" or "fresh"
     with settled_folder(model_dir):  # a folder a save was cut short in is made whole first
         while True:
@@ -77,6 +112,9 @@ def load_model_dir(model_dir):
         except DamagedFile as e:
             raise ValueError(f"{e}; nothing is downloaded into a model_dir, so copy a whole one in "
                              "(or save the model again)") from None
+        except MixedFolder as e:  # a download cannot mend it: say what is wrong, not to download again
+            raise ValueError(f"{model_dir} is inconsistent: {e.what}; copy a whole model folder in (or save the "
+                             "model again)") from None
 
 
 def read_model_folder(model_dir, model_size=None):
@@ -194,8 +232,7 @@ def check_checkpoint(entries, hparams, index_path, data_path):
     hparams_path = os.path.join(os.path.dirname(index_path), "hparams.json")
 
     def mixed(detail):
-        return ValueError(f"{index_path} and {hparams_path} are of different models ({detail}): "
-                          "put the right one in, or delete the wrong one and run again to download it")
+        return MixedFolder(f"{index_path} and {hparams_path} are of different models ({detail})")
 
     layers = sum(name.endswith("/ln_1/g") for name in entries)
     if layers != hparams["n_layer"]:  # checked first: it bounds the size of checkpoint_shapes()

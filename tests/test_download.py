@@ -172,15 +172,16 @@ def test_server_errors_are_retried(source, online, tmp_path, name):
 
 
 def test_giving_up_names_the_url_and_the_way_out(online, tmp_path, capsys):
-    online.faults["statuses"] = {"checkpoint": [500] * 10}
+    online.faults["statuses"] = {"encoder.json": [500] * 10}
     with pytest.raises(OSError) as error:
         download_gpt2_files("124M", str(tmp_path / "124M"))
     message = str(error.value)
-    for fragment in (f"{online.url}/124M/checkpoint", "server error 500", "GPT2_BASE_URL",
-                     f"copy the file to {tmp_path / '124M' / 'checkpoint'} by hand"):
+    for fragment in (f"{online.url}/124M/encoder.json", "server error 500", "Check the network and run again",
+                     f"check GPT2_BASE_URL ({online.url})", f"copy the file to {tmp_path / '124M' / 'encoder.json'} by hand"):
         assert fragment in message
+    assert "resume" not in message  # nothing came, so there is nothing to resume
     assert online.waits == [0.5, 1, 2]
-    assert len(ranges_asked(online, "checkpoint")) == 4
+    assert len(ranges_asked(online, "encoder.json")) == 4
     assert "trying again in 2 s" in capsys.readouterr().err
     assert os.listdir(tmp_path / "124M") == []
 
@@ -212,20 +213,37 @@ def test_404_is_one_clear_line(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
-    assert_one_line_error(result, f"{server.url}/124M/checkpoint", "HTTP 404", "GPT2_BASE_URL", "by hand")
+    assert_one_line_error(result, f"{server.url}/124M/encoder.json", "HTTP 404", "GPT2_BASE_URL", "by hand")
     assert len(server.requests) == 1  # a 404 is not tried again
+    assert not os.path.exists(tmp_path / "models")  # the folders made for the download went again
 
 
 def test_connection_refused_is_one_clear_line(tmp_path):
     url = closed_port_url()
     result = cli("Hi", "--models_dir", str(tmp_path), base_url=url)
-    assert_one_line_error(result, f"{url}/124M/checkpoint", "Connection refused", "GPT2_BASE_URL")
+    assert_one_line_error(result, f"{url}/124M/encoder.json", "Connection refused", "Check the network",
+                          f"check GPT2_BASE_URL ({url})")
+    assert "resume" not in result.stderr and os.listdir(tmp_path) == []
 
 
 def test_malformed_base_url_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("GPT2_BASE_URL", "no-scheme.example/models")
-    with pytest.raises(OSError, match="could not download no-scheme.example/models/124M/checkpoint"):
+    with pytest.raises(OSError, match="could not download no-scheme.example/models/124M/encoder.json"):
         download_gpt2_files("124M", str(tmp_path))
+
+
+def test_the_way_out_names_the_mirror_only_when_none_is_set(monkeypatch):
+    monkeypatch.delenv("GPT2_BASE_URL", raising=False)
+    assert store.where_else("x") == "set GPT2_BASE_URL to a mirror with the same layout, or copy the file to x by hand"
+    monkeypatch.setenv("GPT2_BASE_URL", "http://mirror.example/m")
+    assert store.where_else("x") == "check GPT2_BASE_URL (http://mirror.example/m), or copy the file to x by hand"
+
+
+def test_no_folder_is_made_under_a_parent_that_does_not_exist(tmp_path):
+    result = cli("Hi", "--models_dir", str(tmp_path / "typo" / "models"))
+    assert_one_line_error(result, f"models_dir {tmp_path / 'typo' / 'models'} cannot be made: {tmp_path / 'typo'} "
+                                  "does not exist")
+    assert os.listdir(tmp_path) == []
 
 
 def test_wrong_content_md5_is_rejected(online, tmp_path):
@@ -482,7 +500,7 @@ def test_a_bad_copy_on_the_server_is_an_error_not_a_loop(source, tmp_path, monke
     monkeypatch.setattr(store, "time", types.SimpleNamespace(sleep=lambda seconds: None))
     try:
         with pytest.raises(ValueError, match=f"{DATA_FILE} is 5,000 bytes .*as downloaded just now from "
-                                             f"{server.url}/124M/: set GPT2_BASE_URL"):
+                                             f"{server.url}/124M/: check GPT2_BASE_URL"):
             load_encoder_hparams_and_params("124M", str(tmp_path / "models"))
     finally:
         server.shutdown()
@@ -593,4 +611,4 @@ def test_prompt_that_looks_like_a_flag(tiny_models, prompt):
 def test_prompt_beginning_with_a_dash_needs_the_flag_form(tiny_models):
     result = cli("-x", "--n_tokens_to_generate=2", "--models_dir", tiny_models)
     assert result.returncode != 0 and "Traceback" not in result.stderr and result.stdout == ""
-    assert "give a prompt" in result.stderr and '--prompt="-' in result.stderr  # fire took -x for a flag
+    assert "give a prompt" in result.stderr and '--prompt="-' in result.stderr  # -x looks like a flag

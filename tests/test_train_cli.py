@@ -170,7 +170,7 @@ BAD = [
     (["--data", "{text}", "--out", "{model}"], "is the starting model's folder"),
     (["--data", "{text}", "--out", "{tmp}/124M"], "is named as OpenAI's downloads are"),
     (["--data", "{text}", "--out", "{short}"], "is not a new or empty folder"),
-    (["--data", "{text}", "--out", "{tmp}/new", "--resume"], "holds no run of train.py"),
+    (["--data", "{text}", "--out", "{tmp}/new", "--resume"], "holds no saved run of train.py"),
 ]
 
 
