@@ -169,7 +169,8 @@ def open_out(out, flags):
     record, names = None, os.listdir(out) if os.path.isdir(out) else []
     if names:
         with settled_folder(out):  # a save cut short is finished or undone, a killed run's lock file removed
-            record, names = read_record(out), os.listdir(out)
+            record = read_record(out)
+        names = os.listdir(out)
     log_only = bool(names) and set(names) <= {LOG_FILE, PLOT_FILE}
     if flags["resume"] and record is None:
         why = "it stopped before its first save" if log_only else f"{STATE_FILE} is missing"

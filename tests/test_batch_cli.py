@@ -25,6 +25,13 @@ def test_n_samples_prints_each_under_a_header(tiny_models, model_dir):
     assert "3 samples" in result.stderr  # the progress bar
 
 
+def test_one_sample_is_one_sample(tiny_models):
+    result = run("Alan Turing", "--models_dir", tiny_models, "--n_samples", "1", "--temperature", "1",
+                 "--n_tokens_to_generate", "3", "--ignore_eos")
+    assert result.returncode == 0, result.stderr
+    assert "1 sample:" in result.stderr and "1 samples" not in result.stderr  # the progress bar
+
+
 def test_n_samples_are_repeatable_and_differ(tiny_models):
     args = ("Hello", "--models_dir", tiny_models, "--n_samples", "2", "--temperature", "1", "--seed", "9",
             "--n_tokens_to_generate", "6", "--ignore_eos")
@@ -80,7 +87,8 @@ def test_each_line_on_a_file_without_text(tiny_models, tmp_path, text):
     path = tmp_path / "empty.txt"
     path.write_text(text, encoding="utf-8")
     result = run("--models_dir", tiny_models, "--score", "--each_line", "--prompt_file", str(path))
-    assert_one_line_error(result, "nothing to score")
+    assert_one_line_error(result, "nothing to score", f"--prompt_file {path} is empty" if text == "" else
+                          "every line of the prompt is empty")
 
 
 def test_each_line_longer_than_the_context_is_scored_in_windows(tiny_models, tmp_path):

@@ -88,3 +88,20 @@ def test_help_comes_first_whatever_else_is_given(program, spelling, tmp_path):
     result = subprocess.run([sys.executable, os.path.join(ROOT, program), "--bogus", "1", spelling],
                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.startswith("usage: ") and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("program, args, message", [
+    ("train.py", ["--data", "t.txt", "--learning_rate", "1e-5"], "unknown flag --learning_rate: did you mean --lr?"),
+    ("train.py", ["--data", "t.txt", "--max_iters=5"], "unknown flag --max_iters: did you mean --steps?"),
+    ("gpt2.py", ["hi", "--bogus", "3"], "unknown flag --bogus: did you mean --"),
+    ("gpt2.py", ["hi", "--temprature", "1"], "unknown flag --temprature: did you mean --temperature?"),
+    ("gpt2.py", ["hi", "--nsamples", "2"], "unknown flag --nsamples: did you mean --n_samples?"),
+    ("utils.py", ["--model_sizes", "124M"], "unknown flag --model_sizes: did you mean --model_size?"),
+])
+def test_an_unknown_flag_is_refused_before_any_work(program, args, message, tmp_path):
+    """Fire would run the command (train a whole run, start a download) and only then complain."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, program), *args], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path, env={**os.environ, "GPT2_BASE_URL": "http://127.0.0.1:9"})
+    assert result.returncode == 1 and result.stdout == "", result.stderr
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(f"error: {message}")
+    assert os.listdir(tmp_path) == []  # nothing downloaded, nothing trained

@@ -100,6 +100,17 @@ def test_a_damaged_file_is_named_and_left_as_it_is(tuned, tmp_path, name):
     assert path.read_bytes() == damaged and not os.path.exists(str(path) + ".part")  # not set aside
 
 
+def test_a_folder_of_two_models_is_called_inconsistent_not_sent_to_download(tuned, tmp_path):
+    """Its index and hparams.json disagree: no download can mend a model_dir, so the message says what is wrong."""
+    shutil.copytree(tuned, tmp_path / "m", ignore=shutil.ignore_patterns("verified.json"))
+    path = tmp_path / "m" / "hparams.json"
+    path.write_text(path.read_text().replace('"n_layer": 2', '"n_layer": 3'))
+    result = run("Hi", "--model_dir", str(tmp_path / "m"))
+    assert_one_line_error(result, f"{tmp_path / 'm'} is inconsistent", "are of different models (2 layers in the "
+                          "index, 3 by hparams)", "copy a whole model folder in")
+    assert "download" not in result.stderr
+
+
 def test_no_such_folder(tmp_path):
     assert_one_line_error(run("Hi", "--model_dir", str(tmp_path / "nowhere")), "there is no model folder",
                           str(tmp_path / "nowhere"))

@@ -32,6 +32,16 @@ def test_learning_rate_warms_up_then_stays():
     assert [train.learning_rate(step, 3e-4, warmup) for warmup in (0, 1) for step in (1, 2, 50)] == [3e-4] * 6
 
 
+def test_cosine_warms_up_then_falls_to_min_lr_by_decay_steps_and_stays():
+    """Against the rates written out: warmup 4 to 1e-3, then half a cosine to 1e-4 at step 12 (4 + 8 steps)."""
+    rates = [train.learning_rate(step, 1e-3, 4, "cosine", 1e-4, 12) for step in range(1, 16)]
+    half_down = 1e-4 + 0.5 * 9e-4  # halfway: cos(pi / 2) = 0
+    quarter = 1e-4 + 0.5 * (1 + 0.7071067811865476) * 9e-4  # a quarter of the way: cos(pi / 4)
+    assert rates[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert rates[5] == pytest.approx(quarter) and rates[7] == pytest.approx(half_down)
+    assert rates[11:] == [1e-4] * 4 and all(a > b for a, b in zip(rates[3:11], rates[4:12]))
+
+
 def test_accumulated_batches_make_one_big_batch(tiny):
     """Two batches of 2 accumulated take the same step as one batch of 4 drawing the same windows (float64:
     the two differ only by rounding)."""
