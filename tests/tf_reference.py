@@ -25,9 +25,15 @@ def layer_norm(x, g, b):
     return (x - mean) / tf.sqrt(variance + 1e-5) * g + b
 
 
-def linear(x, w, b=None):  # as rows: einsum's gradient of "...i,io->...o" would broadcast to [..., i, o]
+def linear(x, w, b=None, A=None, B=None, scale=None):
+    """x w + b, plus LoRA's scale (x A) B where an adapter is given (A [in, r], B [r, out], scale a float).
+    As rows: einsum's gradient of "...i,io->...o" would broadcast to [..., i, o]."""
     tf = _tf()
-    y = tf.reshape(tf.einsum("ti,io->to", tf.reshape(x, [-1, w.shape[0]]), w), [*x.shape[:-1], w.shape[1]])
+    x_rows = tf.reshape(x, [-1, w.shape[0]])
+    y = tf.einsum("ti,io->to", x_rows, w)
+    if A is not None:
+        y = y + scale * tf.matmul(tf.matmul(x_rows, A), B)
+    y = tf.reshape(y, [*x.shape[:-1], w.shape[1]])
     return y if b is None else y + b
 
 
@@ -59,17 +65,26 @@ def transformer_block(x, mlp, attn, ln_1, ln_2, n_head):
     return x + ffn(layer_norm(x, **ln_2), **mlp)
 
 
-def logits(inputs, wte, wpe, blocks, ln_f, n_head):
+def hidden(inputs, wte, wpe, blocks, ln_f, n_head):
+    """The final hidden state, after ln_f: [..., n_seq, n_embd]."""
     tf = _tf()
     x = tf.gather(wte, inputs) + wpe[:inputs.shape[-1]]
     for block in blocks:
         x = transformer_block(x, **block, n_head=n_head)
-    return linear(layer_norm(x, **ln_f), tf.transpose(wte))
+    return layer_norm(x, **ln_f)
+
+
+def logits(inputs, wte, wpe, blocks, ln_f, n_head):
+    tf = _tf()
+    return linear(hidden(inputs, wte, wpe, blocks, ln_f, n_head), tf.transpose(wte))
 
 
 def to_tf(tree, dtype):
-    """A NumPy tree as TensorFlow constants of dtype, and the list of them for the tape to watch."""
+    """A NumPy tree as TensorFlow constants of dtype, and the list of them for the tape to watch (a Python float,
+    a LoRA adapter's scale, stays a float and is not watched)."""
     tf = _tf()
+    if isinstance(tree, float):
+        return tree, []
     if isinstance(tree, dict):
         pairs = {key: to_tf(value, dtype) for key, value in tree.items()}
         return {key: pair[0] for key, pair in pairs.items()}, [t for pair in pairs.values() for t in pair[1]]
@@ -81,9 +96,9 @@ def to_tf(tree, dtype):
 
 
 def like(tree, flat):
-    """The arrays of `flat` (in to_tf's order) put back into a tree shaped like `tree`."""
+    """The arrays of `flat` (in to_tf's order) put back into a tree shaped like `tree` (without its floats)."""
     if isinstance(tree, dict):
-        return {key: like(value, flat) for key, value in tree.items()}
+        return {key: like(value, flat) for key, value in tree.items() if not isinstance(value, float)}
     if isinstance(tree, list):
         return [like(value, flat) for value in tree]
     return flat.pop(0)
@@ -113,3 +128,4 @@ def vjp(f, dy, *args, dtype=np.float64):
         y = f(*(tensors for tensors, _ in pairs))
     grads = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(y, flat, output_gradients=tf.constant(dy, dtype))]
     return [like(arg, grads) for arg in args]
+
