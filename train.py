@@ -17,6 +17,9 @@ no backward below the lowest trained block (those blocks run forward as gpt2.tra
 no dw, db or dg of a frozen layer, and no kept input that only such a gradient reads. merge_lora folds the
 adapters back into the weights.
 
+Tasks: classify_loss_and_grads trains a classifier head on each text's last token (GPT-1's recipe, gpt2.classify's
+forward), with the language-model loss over the texts beside it if asked.
+
 At the end come the pieces of a fine-tuning run on a text: random windows of it (get_batch), the learning
 rate's warmup, one AdamW step on accumulated batches (train_step) and the validation loss (evaluate). They read
 and write no file: `python train.py` (cli.py) runs them, saving and resuming.
@@ -28,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from gpt2 import (MINUS_TWO_SQRT_2_OVER_PI, causal_attention, gelu, gpt2, is_real, is_whole, layer_norm, linear,
-                  split_heads, transformer_block)
+                  pad_right, split_heads, transformer_block)
 
 TWO_SQRT_2_OVER_PI = -MINUS_TWO_SQRT_2_OVER_PI
 
@@ -337,6 +340,14 @@ def gpt2_backward(dy, kept, inputs, wte, wpe, blocks, ln_f, n_head, trained=None
     return hidden_backward(da, kept, inputs, wte, wpe, blocks, ln_f, n_head, trained, dwte)
 
 
+def take_backward(dy, shape, at):  # [n, ...], the taken-from shape, index arrays -> [shape]
+    """Undoes y = x[at], reading chosen positions (e.g. each text's last token, at = (row, last)) where `at` picks
+    each position once: dx is dy at those positions and 0 everywhere else."""
+    dx = np.zeros(shape, dy.dtype)
+    dx[at] = dy
+    return dx
+
+
 def cross_entropy(logits, targets):  # [..., n_seq, n_vocab], [..., n_seq] -> float, probs
     """The mean over positions of -log softmax(logits)[target] = log(sum(exp(logits))) - logits[target], in nats.
     Also returns softmax(logits), which cross_entropy_backward needs, written over the logits (memory: n_vocab
@@ -510,6 +521,82 @@ def merge_lora(params):
     merged = {key: value for key, value in params.items() if key not in ("A", "B", "scale")}
     merged["w"] = (w + params["scale"] * (A @ B)).astype(params["w"].dtype)
     return merged
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks: a classifier head on the last token (GPT-1's recipe)
+
+
+def classify_loss_and_grads(texts, labels, params, w, n_head, lm_weight=0.0, trained=None):  # -> loss, grads, dw
+    """The mean cross-entropy of a classifier head w [n_embd, n_classes] on the final hidden state at each text's
+    last token (gpt2.classify's probabilities), plus lm_weight times the language-model loss over the texts' own
+    tokens (GPT-1's auxiliary objective: each position predicts the next token of its text, the mean over all such
+    predictions of the batch, so a long text weighs more; GPT-1's code takes each text's mean, then the texts');
+    and its gradients: grads as loss_and_grads gives them (shaped like params, or {name: gradient} for `trained`),
+    and dw [n_embd, n_classes] (the head always trains).
+
+    texts: 1 to n_ctx token ids each, right-padded with EOT into one batch (the causal mask keeps the padding from
+    every real position); labels: a class index per text. With lm_weight 0 the vocabulary projection is never
+    computed (most of a forward's cost at small sizes). Computes in params' dtype (w's must be the same) and
+    writes none of its inputs.
+    """
+    batch, lengths, labels = check_texts(texts, labels, params, w, lm_weight)
+    trained = check_trained(trained, params)
+    a, kept = hidden_forward(batch, **params, n_head=n_head, trained=trained)  # [n_texts, n_seq, n_embd]
+    loss, da, dw = head_loss_and_grads(a, lengths - 1, labels, w)
+    dwte = None
+    if lm_weight:
+        lm_loss, da_lm, dwte = lm_loss_and_grads(a, batch, lengths, params["wte"], lm_weight, trains(trained, "wte"))
+        loss, da = loss + lm_weight * lm_loss, np.add(da, da_lm, out=da)
+    del a
+    grads = hidden_backward(da, kept, batch, **params, n_head=n_head, trained=trained, dwte=dwte)
+    return loss, picked(grads, trained), dw
+
+
+def head_loss_and_grads(a, last, labels, w):  # [n, n_seq, n_embd], [n], [n], [n_embd, n_classes] -> loss, da, dw
+    """The mean cross-entropy of logits = a[row, last[row]] w, and its gradients with respect to a and w: the
+    head's backward (linear_backward), then the backward of reading one position per text (take_backward)."""
+    at = (np.arange(len(last)), last)
+    h = a[at]  # [n, n_embd]: each text's last position
+    loss, probs = cross_entropy(linear(h, w), labels)
+    dh, dw = linear_backward(cross_entropy_backward(probs, labels), h, w)
+    return loss, take_backward(dh, a.shape, at), dw["w"]
+
+
+def lm_loss_and_grads(a, batch, lengths, wte, weight, wte_trains):  # -> loss, da [n, n_seq, n_embd], dwte or None
+    """The language-model loss of the padded batch [n, n_seq] of texts of these lengths: the mean cross-entropy of
+    each real position but a text's last predicting the next token, logits = a wte^T there alone (the padding's are
+    never computed). Returns it, and `weight` times its gradients with respect to a and (if it trains) wte."""
+    at = np.nonzero(np.arange(batch.shape[1]) < lengths[:, None] - 1)  # (rows, positions) that predict a token
+    if not len(at[0]):  # every text is one token long: nothing to predict
+        return 0.0, np.zeros_like(a), None
+    h, targets = a[at], batch[at[0], at[1] + 1]  # [n_predictions, n_embd], [n_predictions]
+    loss, probs = cross_entropy(linear(h, wte.T), targets)
+    dlogits = cross_entropy_backward(probs, targets)
+    dlogits *= weight
+    dwte = dlogits.T @ h if wte_trains else None  # the output projection's part of wte's gradient
+    return loss, take_backward(dlogits @ wte, a.shape, at), dwte
+
+
+def check_texts(texts, labels, params, w, lm_weight):
+    """texts right-padded with EOT into one batch [n_texts, longest], their lengths, and the labels as an array;
+    or a ValueError that says what is wrong with them."""
+    texts, labels, n_ctx = [np.asarray(text) for text in texts], np.asarray(labels), len(params["wpe"])
+    if not texts or any(t.ndim != 1 or not 0 < len(t) <= n_ctx or not np.issubdtype(t.dtype, np.integer)
+                        for t in texts):
+        raise ValueError(f"texts must be one or more lists of 1 to {n_ctx} (the context) token ids each")
+    batch = pad_right(texts)
+    check_batch(batch, batch, params)  # token ids within the vocabulary, params float32 or float64
+    n_embd, dtype = params["wte"].shape[1], params["wte"].dtype
+    if not (isinstance(w, np.ndarray) and w.ndim == 2 and len(w) == n_embd and w.dtype == dtype):
+        raise ValueError(f"w must be a {dtype} array [n_embd, n_classes] = [{n_embd}, ...] (params' dtype), not "
+                         f"{getattr(w, 'dtype', type(w).__name__)} of shape {np.shape(w)}")
+    if not (labels.shape == (len(texts),) and np.issubdtype(labels.dtype, np.integer)
+            and 0 <= labels.min() and labels.max() < w.shape[1]):
+        raise ValueError(f"labels must be one class index from 0 to {w.shape[1] - 1} per text ({len(texts)})")
+    if not (is_real(lm_weight) and lm_weight >= 0):
+        raise ValueError(f"lm_weight must be a number >= 0, not {lm_weight!r}")
+    return batch, np.array([len(text) for text in texts]), labels.astype(np.int64)
 
 
 def tree_map(fn, *trees):

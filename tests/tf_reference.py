@@ -129,3 +129,51 @@ def vjp(f, dy, *args, dtype=np.float64):
     grads = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(y, flat, output_gradients=tf.constant(dy, dtype))]
     return [like(arg, grads) for arg in args]
 
+
+EOT = 50256  # <|endoftext|>, the padding
+
+
+def padded(texts):
+    """Token-id lists of different lengths as one batch [n_texts, longest], each right-padded with EOT."""
+    batch = np.full((len(texts), max(map(len, texts))), EOT)
+    for row, text in enumerate(texts):
+        batch[row, :len(text)] = text
+    return batch
+
+
+def classify_loss(texts, labels, tensors, w, n_head, lm_weight):
+    """The classifier's loss on a padded batch: the mean cross-entropy of the head w on each text's last real
+    position (gathered with tf.gather_nd), plus lm_weight times the language-model loss, masked: every position
+    of the batch predicts the next one, and the mean is taken over the pairs inside a text alone."""
+    tf = _tf()
+    batch, lengths = padded(texts), np.array([len(text) for text in texts])
+    h = hidden(batch, **tensors, n_head=n_head)  # [n_texts, n_seq, n_embd]
+    last = tf.gather_nd(h, np.stack([np.arange(len(texts)), lengths - 1], axis=1))
+    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=np.asarray(labels),
+                                                                         logits=tf.matmul(last, w)))
+    if lm_weight:
+        every = tf.nn.sparse_softmax_cross_entropy_with_logits(  # [n_texts, n_seq - 1], padding included
+            labels=batch[:, 1:], logits=tf.einsum("bte,ve->btv", h[:, :-1], tensors["wte"]))
+        inside = tf.constant(np.arange(batch.shape[1] - 1)[None, :] < lengths[:, None] - 1, every.dtype)
+        loss = loss + lm_weight * tf.reduce_sum(every * inside) / tf.reduce_sum(inside)
+    return loss
+
+
+def classify_loss_and_grads(texts, labels, params, w, n_head, lm_weight=0.0, dtype=np.float64):
+    """TensorFlow's classify_loss and its gradients: (loss, a tree shaped like params, dw)."""
+    tf = _tf()
+    (tensors, w_tensor), flat = to_tf([params, w], dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(flat)
+        loss = classify_loss(texts, labels, tensors, w_tensor, n_head, lm_weight)
+    grads = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, flat)]
+    grads_params, dw = like([params, w], grads)
+    return float(loss), grads_params, dw
+
+
+def class_probabilities(texts, params, w, n_head, dtype=np.float64):
+    """softmax(h w) at each text's last position, each text alone through the model: [n_texts, n_classes]."""
+    tf = _tf()
+    tensors, _ = to_tf(params, dtype)
+    return np.stack([tf.nn.softmax(tf.matmul(hidden(np.asarray(text), **tensors, n_head=n_head)[-1:],
+                                             tf.constant(w, dtype)))[0].numpy() for text in texts])
