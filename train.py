@@ -468,6 +468,20 @@ def trained_names(params, train_blocks=None):
     return [name for name in names if chosen(name)]
 
 
+def writable_trained(params, names):
+    """(a tree like params whose named arrays are writable copies in one piece, every other array params' own;
+    {name: copy}), for adamw to update in place: the trained tensors alone are copied, the frozen weights stay
+    the loader's read-only views, and the trained ones stay in the tree the model reads."""
+    tree, copies, names = tree_map(lambda leaf: leaf, params), {}, check_trained(names, params)  # new dicts, lists
+    for name in (name for name in named_arrays(params) if name in names):  # in params' order
+        *path, key = name.split("/")
+        node = tree
+        for part in path:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[key] = copies[name] = np.array(node[key], order="C")
+    return tree, copies
+
+
 LORA_TARGETS = {"c_attn": ("attn", "c_attn"), "attn.c_proj": ("attn", "c_proj"), "c_fc": ("mlp", "c_fc"),
                 "mlp.c_proj": ("mlp", "c_proj")}  # add_lora's names for a block's linears
 

@@ -183,3 +183,25 @@ def test_trained_names():
             train.trained_names(params, train_blocks=bad)
     with pytest.raises(ValueError, match="params holds no tensor named blocks/0/attn/c_attn/scale"):
         train.loss_and_grads([1, 2], [2, 3], adapted, 2, trained=["wte", "blocks/0/attn/c_attn/scale"])
+
+
+def test_adamw_on_the_adapters_alone_overfits_one_batch_and_leaves_the_weights_be(tiny):
+    """llm.c's overfitting test with LoRA: 20 AdamW steps on the A's and B's of every linear, updated in place
+    inside the tree the model reads (writable_trained); every other array is the loader's, never written."""
+    encoder, hparams, params = tiny
+    adapted = train.add_lora(params, rank=4, alpha=8, targets=ALL_TARGETS, rng=0)
+    names = train.trained_names(adapted)
+    adapted, trained = train.writable_trained(adapted, names)
+    assert sorted(trained) == sorted(names)
+    assert all(leaf is named_leaves(params)[name] for name, leaf in named_leaves(adapted).items()
+               if name in named_leaves(params))
+    ids = np.random.default_rng(10).integers(0, 50257, (2, 17))
+    state, losses = train.adamw_state(trained), []
+    for _ in range(20):
+        loss, grads = train.loss_and_grads(ids[:, :-1], ids[:, 1:], adapted, hparams["n_head"], trained=names)
+        train.adamw(trained, grads, state, lr=1e-2, max_norm=1.0)
+        losses.append(loss)
+    print("LoRA, overfitting one batch, loss per step:", " ".join(f"{loss:.3f}" for loss in losses))
+    assert losses[-1] < 0.5 * losses[0]
+    layer = adapted["blocks"][0]["attn"]["c_attn"]
+    assert layer["B"].any() and layer["B"] is trained["blocks/0/attn/c_attn/B"]

@@ -6,7 +6,7 @@ import pytest
 
 import tf_reference as ref
 import train
-from helpers import as_dtype, assert_same_gradients, dotted, picked_leaves
+from helpers import as_dtype, assert_same_gradients, dotted, named_leaves, picked_leaves
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +79,21 @@ def test_float32_frozen_weights_are_never_written(tiny):
     ids = np.random.default_rng(14).integers(0, hparams["n_vocab"], (2, 9))
     _, grads = train.loss_and_grads(ids, ids, params, hparams["n_head"], train.trained_names(params, train_blocks=1))
     assert all(g.dtype == np.float32 for g in grads.values())
+
+
+def test_writable_trained_copies_the_trained_tensors_alone(tiny):
+    """An AdamW step on the last block and ln_f: those are writable copies inside the tree the model reads and
+    change; every other array is the loader's read-only view, the same object."""
+    _, hparams, params = tiny
+    names = train.trained_names(params, train_blocks=1)
+    tree, trained = train.writable_trained(params, names)
+    assert list(trained) == names  # in params' order
+    ids = np.random.default_rng(15).integers(0, hparams["n_vocab"], (2, 9))
+    _, grads = train.loss_and_grads(ids, ids, tree, hparams["n_head"], names)
+    train.adamw(trained, grads, train.adamw_state(trained), lr=1e-3)
+    for name, leaf in named_leaves(tree).items():
+        original = named_leaves(params)[name]
+        if name.replace(".", "/") in names:
+            assert leaf is trained[name.replace(".", "/")] and not np.array_equal(leaf, original), name
+        else:
+            assert leaf is original and not leaf.flags.writeable, name
