@@ -165,12 +165,15 @@ def kv_cache(params, n_head, n_positions, n_batch=None):
     return [{"k": np.empty(shape, np.float32), "v": np.empty(shape, np.float32), "n": 0} for _ in params["blocks"]]
 
 
-def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, cache=None, last_only=False):  # [..., n_seq] -> [..., n_seq, n_vocab]
+def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, cache=None, last_only=False,
+         head=None):  # [..., n_seq] -> [..., n_seq, n_vocab]
     """Logits for the token after each input position.
 
     cache: None, or a kv_cache() kept by the caller: then `inputs` are only the tokens the cache
     has not seen, and they are placed after the cached positions.
     last_only: project only the last position onto the vocabulary, all that generation needs.
+    head: None, or a matrix [n_embd, n_out] that the final hidden state is projected onto instead
+    of the vocabulary (a classifier's, see classify): then the result is [..., n_seq, n_out].
     """
     inputs = np.asarray(inputs, dtype=np.int64)  # (an empty list would otherwise be float64)
     n_seq, n_past = inputs.shape[-1], cache[0]["n"] if cache else 0
@@ -185,7 +188,7 @@ def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, cache=None, last_only=False):  
         x = transformer_block(x, **block, n_head=n_head, cache=block_cache)
     if last_only:
         x = x[..., -1:, :]
-    return linear(layer_norm(x, **ln_f), wte.T)  # the output projection reuses the token embeddings
+    return linear(layer_norm(x, **ln_f), wte.T if head is None else head)  # the output projection reuses wte
 
 
 def sample(logits, temperature=0.0, top_k=None, top_p=None, rng=None):  # [n_vocab] -> token id
@@ -350,6 +353,15 @@ def length_batches(lengths, max_rows, max_positions):
     return batches + [batch] if batch else batches
 
 
+def pad_right(ids):  # n_rows lists of ids -> [n_rows, the longest]
+    """Lists of token ids of different lengths as one batch, each right-padded with EOT. The causal mask makes
+    the padding exact: no position sees the ones after it."""
+    batch = np.full((len(ids), max(map(len, ids), default=0)), EOT)
+    for row, row_ids in enumerate(ids):
+        batch[row, :len(row_ids)] = row_ids
+    return batch
+
+
 def score_many(texts, params, n_head, stride=None, max_rows=64, max_positions=512, progress=None):
     """`score` of each text in a list of token-id lists, as a list of arrays, computed in batches.
 
@@ -367,13 +379,57 @@ def score_many(texts, params, n_head, stride=None, max_rows=64, max_positions=51
     short = [i for i, result in enumerate(results) if result is None]
     for batch in (progress or iter)(length_batches([len(texts[i]) for i in short], max_rows, max_positions)):
         batch = [short[j] for j in batch]
-        contexts = np.full((len(batch), len(texts[batch[-1]])), EOT)  # [n_rows, n_seq], the longest last
-        for row, i in enumerate(batch):
-            contexts[row, 1:len(texts[i])] = texts[i][:-1]
+        contexts = pad_right([[EOT] + texts[i][:-1] for i in batch])  # [n_rows, n_seq]
         logits = gpt2(contexts, **params, n_head=n_head)  # [n_rows, n_seq, n_vocab]
         for row, i in enumerate(batch):
             results[i] = log_softmax_at(logits[row, :len(texts[i])], texts[i])
     return results
+
+
+def classify(texts, params, w, n_head, max_rows=64, max_positions=2048, progress=None):  # -> [n_texts, n_classes]
+    """Class probabilities (float64) of each text of a list of token-id lists, from a classifier head
+    w [n_embd, n_classes] on the final hidden state at the text's last token: GPT-1's recipe, and the position
+    Hugging Face's GPT2ForSequenceClassification reads. No <|endoftext|> is added before or after a text.
+
+    Each text holds 1 to n_ctx tokens (a longer one is a ValueError: cut it first). The texts go in batches by
+    length, right-padded (see score_many, and pad_right): a text's probabilities do not depend on its batch.
+    The head's logits take n_classes numbers a position, not n_vocab, so a batch may hold more positions.
+    progress: wraps the batches, e.g. tqdm.
+    """
+    texts, n_ctx = [list(text) for text in texts], len(params["wpe"])
+    if np.ndim(w) != 2 or len(w) != params["wte"].shape[1]:
+        raise ValueError(f"the head must be [n_embd, n_classes] = [{params['wte'].shape[1]}, ...], "
+                         f"not of shape {np.shape(w)}")
+    for i, text in enumerate(texts):
+        if not 0 < len(text) <= n_ctx:
+            raise ValueError(f"text {i} has {len(text)} tokens; a text to classify must have 1 to {n_ctx} "
+                             "(the context): cut it first")
+    probs = np.empty((len(texts), w.shape[1]))
+    for batch in (progress or iter)(length_batches([len(text) for text in texts], max_rows, max_positions)):
+        last = np.array([len(texts[i]) for i in batch]) - 1
+        logits = gpt2(pad_right([texts[i] for i in batch]), **params, n_head=n_head, head=w)  # [n_rows, n_seq, n_out]
+        probs[batch] = softmax(logits[np.arange(len(batch)), last].astype(np.float64))
+    return probs
+
+
+def score_choices(inputs, choices, params, n_head):  # [n_prompt], n_choices lists of ids -> n_choices arrays
+    """Each choice's per-token log-probabilities (float64) as the continuation of the prompt `inputs`: sum them
+    for a choice's total, for zero- and few-shot tasks (the likeliest answer has the highest).
+
+    The prompt goes through the model once; its keys and values are copied into every row of a batched
+    kv_cache, one row per choice (see prompt_into_rows), and the choices then go through it as one batch,
+    right-padded with EOT, each fed its tokens but the last. A choice's first token is predicted by the
+    prompt's last position. So n choices cost about one forward pass over the prompt and the longest choice.
+    """
+    inputs, choices = list(inputs), [list(choice) for choice in choices]
+    check_choices(inputs, choices, len(params["wpe"]))
+    fed = pad_right([choice[:-1] for choice in choices])  # [n_choices, longest - 1]
+    cache = kv_cache(params, n_head, len(inputs) + fed.shape[1], n_batch=len(choices))
+    first = prompt_into_rows(inputs, params, n_head, cache)[None]  # [1, n_vocab]
+    no_rows = np.empty((len(choices), 0, first.shape[1]), first.dtype)  # every choice one token long
+    after = gpt2(fed, **params, n_head=n_head, cache=cache) if fed.shape[1] else no_rows  # [n_choices, ., n_vocab]
+    return [log_softmax_at(np.concatenate([first, after[row, :len(choice) - 1]]), choice)
+            for row, choice in enumerate(choices)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,6 +487,22 @@ def check_stride(stride, n_ctx=None, flag=""):
     if not (is_whole(stride, 1) and (n_ctx is None or stride <= n_ctx)):
         upto = f" from 1 to {n_ctx} (the context)" if n_ctx is not None else " >= 1"
         raise ValueError(f"{flag}stride must be a whole number{upto}, not {stride!r}")
+
+
+def check_choices(inputs, choices, n_ctx):
+    """A prompt and answers to score after it: the model is fed the prompt and every token of an answer but
+    its last, so a prompt of n_ctx tokens may get answers of one."""
+    if not inputs:
+        raise ValueError("inputs must hold at least one token; [EOT] starts from nothing, as GPT-2 does")
+    if not choices:
+        raise ValueError("choices must hold at least one choice (a list of token ids)")
+    for i, choice in enumerate(choices):
+        if not choice:
+            raise ValueError(f"choice {i} is empty: each choice must hold at least one token")
+        if len(inputs) + len(choice) - 1 > n_ctx:
+            raise ValueError(f"the prompt is {len(inputs)} tokens and choice {i} is {len(choice)}, but the model "
+                             f"sees at most {n_ctx} (the prompt and every token of a choice but the last): "
+                             "shorten the prompt")
 
 
 if __name__ == "__main__":  # the command line lives in cli.py; `import gpt2` stays NumPy only

@@ -11,6 +11,15 @@ go of each kept tensor as soon as it has used it.
 Shapes as in gpt2.py; "rows" are all positions of all sequences of a batch, [..., n] read as [n_rows, n].
 Everything computes in the dtype of the parameters: float32 to train, float64 to check the gradients.
 
+Training less: a linear may hold a LoRA adapter (add_lora; lora_linear sits beside linear), and `trained`, the
+flat names of the tensors that train (trained_names), lets the backward skip what only frozen tensors would need:
+no backward below the lowest trained block (those blocks run forward as gpt2.transformer_block, keeping nothing),
+no dw, db or dg of a frozen layer, and no kept input that only such a gradient reads. merge_lora folds the
+adapters back into the weights.
+
+Tasks: classify_loss_and_grads trains a classifier head on each text's last token (GPT-1's recipe, gpt2.classify's
+forward), with the language-model loss over the texts beside it if asked.
+
 At the end come the pieces of a fine-tuning run on a text: random windows of it (get_batch), the learning
 rate's warmup, one AdamW step on accumulated batches (train_step) and the validation loss (evaluate). They read
 and write no file: `python train.py` (cli.py) runs them, saving and resuming.
@@ -21,7 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from gpt2 import MINUS_TWO_SQRT_2_OVER_PI, causal_attention, gelu, gpt2, layer_norm, linear, split_heads
+from gpt2 import (MINUS_TWO_SQRT_2_OVER_PI, causal_attention, gelu, gpt2, is_real, is_whole, layer_norm, linear,
+                  pad_right, split_heads, transformer_block)
 
 TWO_SQRT_2_OVER_PI = -MINUS_TWO_SQRT_2_OVER_PI
 
@@ -81,15 +91,16 @@ def softmax_backward(dy, y, out=None):  # [..., n], [..., n] -> [..., n]
     return dx
 
 
-def layer_norm_backward(dy, x, g, b, eps=1e-5):  # [..., n_embd] x2, [n_embd] x2 -> [..., n_embd], {g, b}
+def layer_norm_backward(dy, x, g, b, eps=1e-5, frozen=False):  # [..., n_embd] x2, [n_embd] x2 -> [..., n_embd], {g, b}
     """Undoes layer_norm: y = xhat g + b, xhat = (x - mean(x)) / sqrt(var(x) + eps), along the last axis.
     dg = sum over rows of dy xhat, db = sum over rows of dy,
-    dx = (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) / sqrt(var(x) + eps), where dxhat = dy g."""
+    dx = (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) / sqrt(var(x) + eps), where dxhat = dy g.
+    frozen: g and b do not train: dx alone."""
     n = x.shape[-1]
     xhat = x - x.sum(axis=-1, keepdims=True) / n  # recomputed from x, as layer_norm does: keeping it costs memory
     rstd = 1 / np.sqrt(np.square(xhat).sum(axis=-1, keepdims=True) / n + eps)
     xhat *= rstd
-    grads = {"g": rows(dy * xhat).sum(axis=0), "b": rows(dy).sum(axis=0)}
+    grads = {} if frozen else {"g": rows(dy * xhat).sum(axis=0), "b": rows(dy).sum(axis=0)}
     dxhat = dy * g
     dx = dxhat - dxhat.sum(axis=-1, keepdims=True) / n
     dxhat *= xhat
@@ -99,26 +110,86 @@ def layer_norm_backward(dy, x, g, b, eps=1e-5):  # [..., n_embd] x2, [n_embd] x2
     return dx, grads
 
 
-def linear_backward(dy, x, w, b=None):  # [..., m, out], [..., m, in], [in, out], [out] -> [..., m, in], {w, b}
-    """Undoes linear: y = x w + b.  dx = dy w^T,  dw = x^T dy,  db = dy summed over rows."""
-    grads = {"w": rows(x).T @ rows(dy)}
-    if b is not None:
-        grads["b"] = rows(dy).sum(axis=0)
-    return (rows(dy) @ w.T).reshape(x.shape), grads
+def linear_backward(dy, x, w, b=None, frozen=False):  # [..., m, out], [..., m, in], [in, out], [out] -> dx, {w, b}
+    """Undoes linear: y = x w + b.  dx = dy w^T,  dw = x^T dy,  db = dy summed over rows.
+    frozen: w and b do not train: dx alone, and x is not read (it may be None)."""
+    grads = {}
+    if not frozen:
+        grads["w"] = rows(x).T @ rows(dy)
+        if b is not None:
+            grads["b"] = rows(dy).sum(axis=0)
+    return (rows(dy) @ w.T).reshape(*dy.shape[:-1], w.shape[0]), grads
 
 
-def ffn_forward(x, c_fc, c_proj):  # [..., n_seq, n_embd] -> [..., n_seq, n_embd], kept
-    """gpt2.ffn, also returning what ffn_backward needs: its input x and the hidden layer h before gelu."""
-    h = linear(x, **c_fc)
-    return linear(by_rows(gelu, h), **c_proj), {"x": x, "h": h}
+def lora_linear(x, w, b=None, A=None, B=None, scale=1.0):  # [..., m, in] -> [..., m, out]
+    """linear with a low-rank adapter (Hu et al., "LoRA"): x w + b + scale (x A) B, with A [in, r], B [r, out] and
+    scale = alpha / r, a Python float (see add_lora). It splats a linear's dict as linear does, and without an
+    adapter it is linear. (x A) B takes r (in + out) multiply-adds a row against x w's in x out, and the
+    [in, out] matrix A B is never made."""
+    y = linear(x, w, b)
+    if A is not None:
+        y += linear(scale * linear(x, A), B)  # scale on [m, r], the smallest place
+    return y
 
 
-def ffn_backward(dy, kept, c_fc, c_proj):  # [..., n_seq, n_embd], ffn_forward's kept -> dx, {c_fc, c_proj}
+def lora_linear_backward(dy, x, w, b=None, A=None, B=None, scale=1.0, frozen=False):  # -> dx, {w, b, A, B}
+    """Undoes lora_linear: y = x w + b + s u B with u = x A [..., m, r]:
+    dB = s u^T dy,  du = s dy B^T,  dA = x^T du,  dx = dy w^T + du A^T  (and linear_backward's dw, db).
+    frozen: w and b do not train (LoRA's case): no dw, no db; x is read only for an adapter's gradients."""
+    dx, grads = linear_backward(dy, x, w, b, frozen=frozen)
+    if A is not None:
+        dy, x = rows(dy), rows(x)
+        du = scale * (dy @ B.T)  # [rows, r]
+        grads["A"] = x.T @ du
+        grads["B"] = (scale * (x @ A)).T @ dy  # u again rather than kept: one small product
+        dx += (du @ A.T).reshape(dx.shape)
+    return dx, grads
+
+
+# Which tensors train. `trained` is None (every one) or a set of names relative to the function's parameters, as
+# utils.flatten writes them: "c_fc/w" in ffn_forward, "attn/c_attn/A" in a block, "blocks/3/ln_1/g" in gpt2_forward.
+# Work that only a frozen tensor's gradient would need is skipped, and so is keeping its input.
+
+def trains(trained, name):
+    return trained is None or name in trained
+
+
+def within(trained, prefix):
+    """The names in trained below prefix, without it: within({"attn/c_attn/A"}, "attn") = {"c_attn/A"}."""
+    return None if trained is None else {name[len(prefix) + 1:] for name in trained if name.startswith(prefix + "/")}
+
+
+def frozen(trained, layer):
+    """Whether a linear's w and b, or a layer norm's g and b, take no gradient (an adapter's A and B may)."""
+    return trained is not None and not {f"{layer}/w", f"{layer}/b", f"{layer}/g"} & trained
+
+
+def reads_input(layer, trained, name):
+    """Whether the backward of the linear `name` reads its input x: when its w trains, or it has an adapter."""
+    return "A" in layer or not frozen(trained, name)
+
+
+def kept_input(x, layer, trained, name):
+    return x if reads_input(layer, trained, name) else None  # memory: nothing kept that no backward reads
+
+
+def ffn_forward(x, c_fc, c_proj, trained=None):  # [..., n_seq, n_embd] -> [..., n_seq, n_embd], kept
+    """gpt2.ffn, also returning what ffn_backward needs: its input x (when c_fc's backward reads it) and the hidden
+    layer h before gelu. Each linear may hold an adapter (lora_linear)."""
+    h = lora_linear(x, **c_fc)
+    return lora_linear(by_rows(gelu, h), **c_proj), {"x": kept_input(x, c_fc, trained, "c_fc"), "h": h}
+
+
+def ffn_backward(dy, kept, c_fc, c_proj, trained=None):  # [..., n_seq, n_embd], kept -> dx, {c_fc, c_proj}
     """Undoes ffn: y = linear(gelu(h), c_proj), h = linear(x, c_fc), one backward after the other.
-    gelu(h) is computed again rather than kept (memory: 4 n_embd numbers per position and layer)."""
+    gelu(h) is computed again rather than kept (memory: 4 n_embd numbers per position and layer), and only if
+    c_proj's backward reads it."""
     h = kept.pop("h")
-    da, d_proj = linear_backward(dy, by_rows(gelu, h), **c_proj)
-    dx, d_fc = linear_backward(by_rows(gelu_backward, da, h), kept.pop("x"), **c_fc)
+    a = by_rows(gelu, h) if reads_input(c_proj, trained, "c_proj") else None
+    da, d_proj = lora_linear_backward(dy, a, **c_proj, frozen=frozen(trained, "c_proj"))
+    del a
+    dx, d_fc = lora_linear_backward(by_rows(gelu_backward, da, h), kept.pop("x"), **c_fc,
+                                    frozen=frozen(trained, "c_fc"))
     return dx, {"c_fc": d_fc, "c_proj": d_proj}
 
 
@@ -154,78 +225,127 @@ def causal_attention_backward(dy, q, k, v, kept, out=None):  # [..., n_q, n_head
     return dq, dk, dv
 
 
-def mha_forward(x, c_attn, c_proj, n_head):  # [..., n_seq, n_embd] -> [..., n_seq, n_embd], kept
-    """gpt2.mha without a cache, also returning what mha_backward needs: its input x, the c_attn output qkv,
-    each query block's attention weights, and the heads side by side (c_proj's input)."""
+def mha_forward(x, c_attn, c_proj, n_head, trained=None):  # [..., n_seq, n_embd] -> [..., n_seq, n_embd], kept
+    """gpt2.mha without a cache, also returning what mha_backward needs: its input x and the heads side by side
+    (c_attn's and c_proj's inputs, each when its backward reads it), the c_attn output qkv, and each query block's
+    attention weights."""
     *batch, n_seq, n_embd = x.shape
-    qkv = linear(x, **c_attn)
+    qkv = lora_linear(x, **c_attn)
     weights = []
-    heads = causal_attention(*split_heads(qkv, n_head), kept=weights)
-    return linear(heads.reshape(*batch, n_seq, n_embd), **c_proj), {"x": x, "qkv": qkv, "weights": weights,
-                                                                     "heads": heads}
+    heads = causal_attention(*split_heads(qkv, n_head), kept=weights).reshape(*batch, n_seq, n_embd)
+    return lora_linear(heads, **c_proj), {"x": kept_input(x, c_attn, trained, "c_attn"), "qkv": qkv,
+                                          "weights": weights, "heads": kept_input(heads, c_proj, trained, "c_proj")}
 
 
-def mha_backward(dy, kept, c_attn, c_proj, n_head):  # [..., n_seq, n_embd], kept -> dx, {c_attn, c_proj}
+def mha_backward(dy, kept, c_attn, c_proj, n_head, trained=None):  # [..., n_seq, n_embd], kept -> dx, {c_attn, c_proj}
     """Undoes mha: y = linear(heads, c_proj), heads = causal_attention(q, k, v), q, k, v = linear(x, c_attn):
     linear_backward, causal_attention_backward, linear_backward."""
-    heads = kept.pop("heads")
-    dheads, d_proj = linear_backward(dy, heads.reshape(dy.shape), **c_proj)
+    dheads, d_proj = lora_linear_backward(dy, kept.pop("heads"), **c_proj, frozen=frozen(trained, "c_proj"))
     qkv = kept.pop("qkv")
     dqkv = np.zeros_like(qkv)  # dq, dk, dv are written through the views that cut q, k, v out of qkv
-    causal_attention_backward(dheads.reshape(heads.shape), *split_heads(qkv, n_head), kept.pop("weights"),
-                              out=split_heads(dqkv, n_head))
-    dx, d_attn = linear_backward(dqkv, kept.pop("x"), **c_attn)
+    causal_attention_backward(dheads.reshape(*dy.shape[:-1], n_head, -1), *split_heads(qkv, n_head),
+                              kept.pop("weights"), out=split_heads(dqkv, n_head))
+    dx, d_attn = lora_linear_backward(dqkv, kept.pop("x"), **c_attn, frozen=frozen(trained, "c_attn"))
     return dx, {"c_attn": d_attn, "c_proj": d_proj}
 
 
-def transformer_block_forward(x, mlp, attn, ln_1, ln_2, n_head):  # [..., n_seq, n_embd] -> same, kept
+def transformer_block_forward(x, mlp, attn, ln_1, ln_2, n_head, trained=None):  # [..., n_seq, n_embd] -> same, kept
     """gpt2.transformer_block without a cache, also returning what transformer_block_backward needs."""
-    y, kept_attn = mha_forward(layer_norm(x, **ln_1), **attn, n_head=n_head)
+    y, kept_attn = mha_forward(layer_norm(x, **ln_1), **attn, n_head=n_head, trained=within(trained, "attn"))
     x_mid = x + y
-    y, kept_mlp = ffn_forward(layer_norm(x_mid, **ln_2), **mlp)
+    y, kept_mlp = ffn_forward(layer_norm(x_mid, **ln_2), **mlp, trained=within(trained, "mlp"))
     return x_mid + y, {"x": x, "attn": kept_attn, "x_mid": x_mid, "mlp": kept_mlp}
 
 
-def transformer_block_backward(dy, kept, mlp, attn, ln_1, ln_2, n_head):  # -> dx, {mlp, attn, ln_1, ln_2}
+def transformer_block_backward(dy, kept, mlp, attn, ln_1, ln_2, n_head, trained=None):  # -> dx, {mlp, attn, ...}
     """Undoes transformer_block: x_mid = x + mha(layer_norm(x, ln_1)), y = x_mid + ffn(layer_norm(x_mid, ln_2)).
     A residual connection passes its gradient on unchanged, and its branch's gradient is added to it:
     dx_mid = dy + (ffn and ln_2 backward of dy),  dx = dx_mid + (mha and ln_1 backward of dx_mid)."""
-    da, d_mlp = ffn_backward(dy, kept.pop("mlp"), **mlp)
-    dx_mid, d_ln_2 = layer_norm_backward(da, kept.pop("x_mid"), **ln_2)
+    da, d_mlp = ffn_backward(dy, kept.pop("mlp"), **mlp, trained=within(trained, "mlp"))
+    dx_mid, d_ln_2 = layer_norm_backward(da, kept.pop("x_mid"), **ln_2, frozen=frozen(trained, "ln_2"))
     dx_mid += dy
-    da, d_attn = mha_backward(dx_mid, kept.pop("attn"), **attn, n_head=n_head)
-    dx, d_ln_1 = layer_norm_backward(da, kept.pop("x"), **ln_1)
+    da, d_attn = mha_backward(dx_mid, kept.pop("attn"), **attn, n_head=n_head, trained=within(trained, "attn"))
+    dx, d_ln_1 = layer_norm_backward(da, kept.pop("x"), **ln_1, frozen=frozen(trained, "ln_1"))
     dx += dx_mid
     return dx, {"mlp": d_mlp, "attn": d_attn, "ln_1": d_ln_1, "ln_2": d_ln_2}
 
 
-def gpt2_forward(inputs, wte, wpe, blocks, ln_f, n_head):  # [..., n_seq] -> [..., n_seq, n_vocab], kept
-    """gpt2.gpt2 without a cache, also returning what gpt2_backward needs: every block's kept tensors, the
-    last residual x and its layer norm a (the output projection's input). Its logits are gpt2()'s, bit for bit."""
+def lowest_trained_block(trained, n_layer):
+    """The lowest block the backward must undo: the lowest holding a trained tensor, or 0 when an embedding trains
+    (its gradient comes up through every block); n_layer when none must be."""
+    if trained is None or {"wte", "wpe"} & trained:
+        return 0
+    return min((int(name.split("/")[1]) for name in trained if name.startswith("blocks/")), default=n_layer)
+
+
+def frozen_block(x, block, n_head):  # [..., n_seq, n_embd] -> same
+    """transformer_block for a block below every trained tensor: no backward will reach it, so nothing is kept.
+    A block holding an adapter that does not train goes through the twin, its kept tensors let go at once."""
+    if any("A" in layer for part in ("attn", "mlp") for layer in block[part].values()):
+        return transformer_block_forward(x, **block, n_head=n_head, trained=set())[0]
+    return transformer_block(x, **block, n_head=n_head)
+
+
+def hidden_forward(inputs, wte, wpe, blocks, ln_f, n_head, trained=None):  # [..., n_seq] -> [..., n_seq, n_embd], kept
+    """gpt2.gpt2 up to its final hidden state a = layer_norm(x, ln_f), before any projection, also returning what
+    hidden_backward needs: the kept tensors of every block from the lowest that trains up, and the last residual x.
+    The blocks below that one run as gpt2.transformer_block, keeping nothing."""
     x = wte[inputs] + wpe[:inputs.shape[-1]]
-    kept_blocks = []
-    for block in blocks:
-        x, kept = transformer_block_forward(x, **block, n_head=n_head)
-        kept_blocks.append(kept)
-    a = layer_norm(x, **ln_f)
-    return linear(a, wte.T), {"blocks": kept_blocks, "x": x, "a": a}
+    lowest, kept_blocks = lowest_trained_block(trained, len(blocks)), []
+    for i, block in enumerate(blocks):
+        if i < lowest:
+            x = frozen_block(x, block, n_head)
+        else:
+            x, kept = transformer_block_forward(x, **block, n_head=n_head, trained=within(trained, f"blocks/{i}"))
+            kept_blocks.append(kept)
+    return layer_norm(x, **ln_f), {"blocks": kept_blocks, "x": x}
 
 
-def gpt2_backward(dy, kept, inputs, wte, wpe, blocks, ln_f, n_head):  # [..., n_seq, n_vocab] -> grads like params
-    """Undoes gpt2: logits = a wte^T with a = layer_norm(x, ln_f) after the blocks, x = wte[inputs] + wpe[:n_seq].
-    The tied wte gets both its gradients: dwte = dy^T a as the output projection, plus each position's dx added
-    to its token's row as the embedding; dwpe[:n_seq] = dx summed over the batch (later rows 0).
-    Returns the gradients of every parameter, in a dict shaped like the parameters."""
-    dwte = rows(dy).T @ rows(kept.pop("a"))  # the output projection
-    dx, d_ln_f = layer_norm_backward((rows(dy) @ wte).reshape(*dy.shape[:-1], -1), kept.pop("x"), **ln_f)
-    d_blocks = []
-    for block in reversed(blocks):
-        dx, d_block = transformer_block_backward(dx, kept["blocks"].pop(), **block, n_head=n_head)
-        d_blocks.insert(0, d_block)
-    np.add.at(dwte, inputs, dx)  # the embedding: a token that occurs twice gets both its positions' gradients
-    dwpe = np.zeros_like(wpe)
-    dwpe[:inputs.shape[-1]] = dx.reshape(-1, *dx.shape[-2:]).sum(axis=0)
-    return {"wte": dwte, "wpe": dwpe, "blocks": d_blocks, "ln_f": d_ln_f}
+def hidden_backward(da, kept, inputs, wte, wpe, blocks, ln_f, n_head, trained=None, dwte=None):  # -> grads
+    """Undoes hidden_forward: a = layer_norm(x, ln_f) after the blocks, x = wte[inputs] + wpe[:n_seq]; only the
+    blocks it kept. Each position's dx is added to its token's row of dwte (the embedding's part of the tied wte's
+    gradient, added in place to the output projection's part if given), and dwpe[:n_seq] = dx summed over the
+    batch (later rows 0). Returns the gradients computed, in a dict shaped like params (all when trained is None)."""
+    dx, d_ln_f = layer_norm_backward(da, kept.pop("x"), **ln_f, frozen=frozen(trained, "ln_f"))
+    d_blocks = [{} for _ in blocks]
+    for i in reversed(range(len(blocks) - len(kept["blocks"]), len(blocks))):
+        dx, d_blocks[i] = transformer_block_backward(dx, kept["blocks"].pop(), **blocks[i], n_head=n_head,
+                                                     trained=within(trained, f"blocks/{i}"))
+    grads = {"blocks": d_blocks, "ln_f": d_ln_f}
+    if trains(trained, "wte"):
+        grads["wte"] = np.zeros_like(wte) if dwte is None else dwte
+        np.add.at(grads["wte"], inputs, dx)  # the embedding: a token that occurs twice gets both its positions'
+    if trains(trained, "wpe"):
+        grads["wpe"] = np.zeros_like(wpe)
+        grads["wpe"][:inputs.shape[-1]] = dx.reshape(-1, *dx.shape[-2:]).sum(axis=0)
+    return grads
+
+
+def gpt2_forward(inputs, wte, wpe, blocks, ln_f, n_head, trained=None):  # [..., n_seq] -> [..., n_seq, n_vocab], kept
+    """gpt2.gpt2 without a cache, also returning what gpt2_backward needs: hidden_forward's kept tensors and the
+    final hidden state a (the output projection's input, when wte trains). Its logits are gpt2()'s, bit for bit."""
+    a, kept = hidden_forward(inputs, wte, wpe, blocks, ln_f, n_head, trained)
+    kept["a"] = a if trains(trained, "wte") else None
+    return linear(a, wte.T), kept
+
+
+def gpt2_backward(dy, kept, inputs, wte, wpe, blocks, ln_f, n_head, trained=None):  # [..., n_seq, n_vocab] -> grads
+    """Undoes gpt2: logits = a wte^T with a the final hidden state (hidden_forward). The tied wte gets both its
+    gradients: dwte = dy^T a as the output projection, then hidden_backward adds its part as the embedding.
+    Returns the gradients in a dict shaped like the parameters (those that train, if trained is given)."""
+    a = kept.pop("a")
+    dwte = None if a is None else rows(dy).T @ rows(a)  # the output projection
+    del a
+    da = (rows(dy) @ wte).reshape(*dy.shape[:-1], -1)
+    return hidden_backward(da, kept, inputs, wte, wpe, blocks, ln_f, n_head, trained, dwte)
+
+
+def take_backward(dy, shape, at):  # [n, ...], the taken-from shape, index arrays -> [shape]
+    """Undoes y = x[at], reading chosen positions (e.g. each text's last token, at = (row, last)) where `at` picks
+    each position once: dx is dy at those positions and 0 everywhere else."""
+    dx = np.zeros(shape, dy.dtype)
+    dx[at] = dy
+    return dx
 
 
 def cross_entropy(logits, targets):  # [..., n_seq, n_vocab], [..., n_seq] -> float, probs
@@ -257,18 +377,23 @@ def cross_entropy_backward(probs, targets):  # [..., n_seq, n_vocab], [..., n_se
     return probs
 
 
-def loss_and_grads(inputs, targets, params, n_head):  # [..., n_seq] x2 -> float, grads like params
+def loss_and_grads(inputs, targets, params, n_head, trained=None):  # [..., n_seq] x2 -> float, grads
     """The mean cross-entropy (nats) of predicting targets from inputs, and its gradient with respect to every
-    parameter, as a dict shaped like params (same keys, shapes and dtype).
+    parameter, as a dict shaped like params (same keys, shapes and dtype; A and B where adapters are, no scale).
 
     inputs, targets: token ids, [n_seq] or [n_batch, n_seq]; targets are usually the inputs shifted by one.
+    trained: None, or the flat names of the tensors that train (see trained_names): then the gradients are
+    {name: gradient} for exactly those, and only the work they need is done (see hidden_forward).
     Computes in params' dtype (float32, or float64 to check the gradients) and never writes into params.
     """
     inputs, targets = check_batch(inputs, targets, params)
-    logits, kept = gpt2_forward(inputs, **params, n_head=n_head)
+    trained = check_trained(trained, params)
+    logits, kept = gpt2_forward(inputs, **params, n_head=n_head, trained=trained)
     loss, probs = cross_entropy(logits, targets)
     del logits  # the same array as probs, and soon as the gradient
-    return loss, gpt2_backward(cross_entropy_backward(probs, targets), kept, inputs, **params, n_head=n_head)
+    grads = gpt2_backward(cross_entropy_backward(probs, targets), kept, inputs, **params, n_head=n_head,
+                          trained=trained)
+    return loss, picked(grads, trained)
 
 
 def check_batch(inputs, targets, params):
@@ -288,6 +413,204 @@ def check_batch(inputs, targets, params):
     if inputs.shape != targets.shape:
         raise ValueError(f"inputs {inputs.shape} and targets {targets.shape} must have the same shape")
     return inputs.astype(np.int64), targets.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training less: the names of the tensors that train, LoRA adapters, frozen blocks
+
+
+def named_arrays(tree, prefix=""):
+    """{"wte": array, ..., "blocks/0/attn/c_attn/w": array, ...}: the arrays of a tree shaped like params by the
+    flat names utils.flatten gives them (an adapter's scale is a number, not an array, and is left out)."""
+    if isinstance(tree, (dict, list)):
+        items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+        return {name: array for key, value in items for name, array in named_arrays(value, f"{prefix}{key}/").items()}
+    return {prefix[:-1]: tree} if isinstance(tree, np.ndarray) else {}
+
+
+def check_trained(trained, params):
+    """trained as a set of names (None: every tensor trains), or a ValueError naming those params does not hold."""
+    if trained is None:
+        return None
+    if isinstance(trained, str):
+        raise ValueError(f"trained must be a collection of names, not the one string {trained!r}")
+    unknown = sorted(map(str, set(trained) - named_arrays(params).keys()))
+    if unknown:
+        raise ValueError(f"params holds no tensor named {', '.join(unknown[:3])}{' ...' if len(unknown) > 3 else ''}"
+                         " (names are like 'wte', 'ln_f/g', 'blocks/0/attn/c_attn/w': see trained_names)")
+    return set(trained)
+
+
+def picked(grads, trained):
+    """The gradients as the caller asked: the tree shaped like params when every tensor trains, else
+    {name: gradient} for exactly the trained names (a backward also makes a few cheap ones nobody asked for)."""
+    return grads if trained is None else {name: g for name, g in named_arrays(grads).items() if name in trained}
+
+
+def trained_names(params, train_blocks=None):
+    """The flat names of the tensors to train, for loss_and_grads(trained=): with adapters in params (add_lora),
+    their A's and B's alone; else with train_blocks N, every tensor of the last N blocks and ln_f; else every one.
+    With both, the A's and B's of the last N blocks. wte and wpe never train with train_blocks: the tied wte's
+    gradient includes its use as the input embedding, below every frozen block, which would take the backward
+    down through all of them."""
+    names, n_layer = named_arrays(params), len(params["blocks"])
+    if train_blocks is not None and not (is_whole(train_blocks, 0) and train_blocks <= n_layer):
+        raise ValueError(f"train_blocks must be a whole number from 0 to {n_layer} (the model's blocks), "
+                         f"not {train_blocks!r}")
+    lowest = 0 if train_blocks is None else n_layer - train_blocks
+    lora = any(name.endswith("/A") for name in names)
+
+    def chosen(name):
+        block = int(name.split("/")[1]) if name.startswith("blocks/") else -1
+        if lora:
+            return name.endswith(("/A", "/B")) and block >= lowest
+        return train_blocks is None or name.startswith("ln_f/") or block >= lowest
+    return [name for name in names if chosen(name)]
+
+
+def writable_trained(params, names):
+    """(a tree like params whose named arrays are writable copies in one piece, every other array params' own;
+    {name: copy}), for adamw to update in place: the trained tensors alone are copied, the frozen weights stay
+    the loader's read-only views, and the trained ones stay in the tree the model reads."""
+    tree, copies, names = tree_map(lambda leaf: leaf, params), {}, check_trained(names, params)  # new dicts, lists
+    for name in (name for name in named_arrays(params) if name in names):  # in params' order
+        *path, key = name.split("/")
+        node = tree
+        for part in path:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[key] = copies[name] = np.array(node[key], order="C")
+    return tree, copies
+
+
+LORA_TARGETS = {"c_attn": ("attn", "c_attn"), "attn.c_proj": ("attn", "c_proj"), "c_fc": ("mlp", "c_fc"),
+                "mlp.c_proj": ("mlp", "c_proj")}  # add_lora's names for a block's linears
+
+
+def add_lora(params, rank, alpha, targets=("c_attn",), blocks=None, rng=None):
+    """A new params tree in which each targeted linear of the chosen blocks (None: all) holds a LoRA adapter
+    (Hu et al.): {"w", "b", "A": [in, rank], "B": [rank, out], "scale": alpha / rank}, which lora_linear reads.
+    A is drawn uniform in +-1/sqrt(in) (PyTorch's kaiming_uniform with a = sqrt(5), the start of Hugging Face's
+    PEFT and of microsoft's loralib), B is 0, so the model starts as it was; both in w's dtype. rng: a
+    np.random.Generator or a seed. targets: among "c_attn", "attn.c_proj", "c_fc", "mlp.c_proj". c_attn is
+    adapted whole (queries, keys and values), as PEFT does for GPT-2, so that the adapters are PEFT's exactly;
+    microsoft's MergedLinear adapts only the queries and values.
+    The dicts are new and the arrays params' own: nothing is copied or written."""
+    check_lora(params, rank, alpha, targets, blocks)
+    rng, adapted = np.random.default_rng(rng), tree_map(lambda leaf: leaf, params)  # new dicts, the same leaves
+    for i in range(len(params["blocks"])) if blocks is None else blocks:
+        for part, name in (LORA_TARGETS[target] for target in targets):
+            layer = adapted["blocks"][i][part][name]
+            (n_in, n_out), bound = layer["w"].shape, 1 / math.sqrt(layer["w"].shape[0])
+            layer.update(A=rng.uniform(-bound, bound, (n_in, rank)).astype(layer["w"].dtype),
+                         B=np.zeros((rank, n_out), layer["w"].dtype), scale=alpha / rank)
+    return adapted
+
+
+def check_lora(params, rank, alpha, targets, blocks):
+    """add_lora's arguments, or a ValueError that says what is wrong with them."""
+    n_layer = len(params["blocks"])
+    if not is_whole(rank, 1):
+        raise ValueError(f"rank must be a whole number >= 1, not {rank!r}")
+    if not (is_real(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be a number > 0, not {alpha!r}")
+    if isinstance(targets, str) or not targets or not set(targets) <= LORA_TARGETS.keys():
+        raise ValueError(f"targets must be one or more of {', '.join(LORA_TARGETS)}, not {targets!r}")
+    if blocks is not None and not all(is_whole(i, 0) and i < n_layer for i in blocks):
+        raise ValueError(f"blocks must be numbers of blocks from 0 to {n_layer - 1}, not {blocks!r}")
+    for i in range(n_layer) if blocks is None else blocks:
+        if any("A" in params["blocks"][i][part][name] for part, name in map(LORA_TARGETS.get, targets)):
+            raise ValueError(f"block {i} already holds an adapter there: merge_lora first, or adapt other linears")
+
+
+def merge_lora(params):
+    """params without adapters: each adapted w becomes w + scale A B, computed in float64 and rounded once to w's
+    dtype (to save a checkpoint, or to run gpt2.py's functions); every other array is params' own."""
+    if isinstance(params, list):
+        return [merge_lora(branch) for branch in params]
+    if not isinstance(params, dict):
+        return params
+    if "A" not in params:
+        return {key: merge_lora(value) for key, value in params.items()}
+    w, A, B = (params[key].astype(np.float64) for key in ("w", "A", "B"))
+    merged = {key: value for key, value in params.items() if key not in ("A", "B", "scale")}
+    merged["w"] = (w + params["scale"] * (A @ B)).astype(params["w"].dtype)
+    return merged
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks: a classifier head on the last token (GPT-1's recipe)
+
+
+def classify_loss_and_grads(texts, labels, params, w, n_head, lm_weight=0.0, trained=None):  # -> loss, grads, dw
+    """The mean cross-entropy of a classifier head w [n_embd, n_classes] on the final hidden state at each text's
+    last token (gpt2.classify's probabilities), plus lm_weight times the language-model loss over the texts' own
+    tokens (GPT-1's auxiliary objective: each position predicts the next token of its text, the mean over all such
+    predictions of the batch, so a long text weighs more; GPT-1's code takes each text's mean, then the texts');
+    and its gradients: grads as loss_and_grads gives them (shaped like params, or {name: gradient} for `trained`),
+    and dw [n_embd, n_classes] (the head always trains).
+
+    texts: 1 to n_ctx token ids each, right-padded with EOT into one batch (the causal mask keeps the padding from
+    every real position); labels: a class index per text. With lm_weight 0 the vocabulary projection is never
+    computed (most of a forward's cost at small sizes). Computes in params' dtype (w's must be the same) and
+    writes none of its inputs.
+    """
+    batch, lengths, labels = check_texts(texts, labels, params, w, lm_weight)
+    trained = check_trained(trained, params)
+    a, kept = hidden_forward(batch, **params, n_head=n_head, trained=trained)  # [n_texts, n_seq, n_embd]
+    loss, da, dw = head_loss_and_grads(a, lengths - 1, labels, w)
+    dwte = None
+    if lm_weight:
+        lm_loss, da_lm, dwte = lm_loss_and_grads(a, batch, lengths, params["wte"], lm_weight, trains(trained, "wte"))
+        loss, da = loss + lm_weight * lm_loss, np.add(da, da_lm, out=da)
+    del a
+    grads = hidden_backward(da, kept, batch, **params, n_head=n_head, trained=trained, dwte=dwte)
+    return loss, picked(grads, trained), dw
+
+
+def head_loss_and_grads(a, last, labels, w):  # [n, n_seq, n_embd], [n], [n], [n_embd, n_classes] -> loss, da, dw
+    """The mean cross-entropy of logits = a[row, last[row]] w, and its gradients with respect to a and w: the
+    head's backward (linear_backward), then the backward of reading one position per text (take_backward)."""
+    at = (np.arange(len(last)), last)
+    h = a[at]  # [n, n_embd]: each text's last position
+    loss, probs = cross_entropy(linear(h, w), labels)
+    dh, dw = linear_backward(cross_entropy_backward(probs, labels), h, w)
+    return loss, take_backward(dh, a.shape, at), dw["w"]
+
+
+def lm_loss_and_grads(a, batch, lengths, wte, weight, wte_trains):  # -> loss, da [n, n_seq, n_embd], dwte or None
+    """The language-model loss of the padded batch [n, n_seq] of texts of these lengths: the mean cross-entropy of
+    each real position but a text's last predicting the next token, logits = a wte^T there alone (the padding's are
+    never computed). Returns it, and `weight` times its gradients with respect to a and (if it trains) wte."""
+    at = np.nonzero(np.arange(batch.shape[1]) < lengths[:, None] - 1)  # (rows, positions) that predict a token
+    if not len(at[0]):  # every text is one token long: nothing to predict
+        return 0.0, np.zeros_like(a), None
+    h, targets = a[at], batch[at[0], at[1] + 1]  # [n_predictions, n_embd], [n_predictions]
+    loss, probs = cross_entropy(linear(h, wte.T), targets)
+    dlogits = cross_entropy_backward(probs, targets)
+    dlogits *= weight
+    dwte = dlogits.T @ h if wte_trains else None  # the output projection's part of wte's gradient
+    return loss, take_backward(dlogits @ wte, a.shape, at), dwte
+
+
+def check_texts(texts, labels, params, w, lm_weight):
+    """texts right-padded with EOT into one batch [n_texts, longest], their lengths, and the labels as an array;
+    or a ValueError that says what is wrong with them."""
+    texts, labels, n_ctx = [np.asarray(text) for text in texts], np.asarray(labels), len(params["wpe"])
+    if not texts or any(t.ndim != 1 or not 0 < len(t) <= n_ctx or not np.issubdtype(t.dtype, np.integer)
+                        for t in texts):
+        raise ValueError(f"texts must be one or more lists of 1 to {n_ctx} (the context) token ids each")
+    batch = pad_right(texts)
+    check_batch(batch, batch, params)  # token ids within the vocabulary, params float32 or float64
+    n_embd, dtype = params["wte"].shape[1], params["wte"].dtype
+    if not (isinstance(w, np.ndarray) and w.ndim == 2 and len(w) == n_embd and w.dtype == dtype):
+        raise ValueError(f"w must be a {dtype} array [n_embd, n_classes] = [{n_embd}, ...] (params' dtype), not "
+                         f"{getattr(w, 'dtype', type(w).__name__)} of shape {np.shape(w)}")
+    if not (labels.shape == (len(texts),) and np.issubdtype(labels.dtype, np.integer)
+            and 0 <= labels.min() and labels.max() < w.shape[1]):
+        raise ValueError(f"labels must be one class index from 0 to {w.shape[1] - 1} per text ({len(texts)})")
+    if not (is_real(lm_weight) and lm_weight >= 0):
+        raise ValueError(f"lm_weight must be a number >= 0, not {lm_weight!r}")
+    return batch, np.array([len(text) for text in texts]), labels.astype(np.int64)
 
 
 def tree_map(fn, *trees):

@@ -27,6 +27,9 @@ Each figure is printed next to its baseline, since timings on a shared machine d
                 same weight-matrix products alone, taking turns; the peak memory of a process doing forward +
                 backward alone, and of one doing two AdamW steps on a writable copy of the weights, / the
                 weights; one AdamW step's time / the forward + backward's (--train_only: these rows alone)
+  train less    a whole step (forward + backward + AdamW) with LoRA (rank 8 on c_attn) and with train_blocks=2 /
+                a full step's, taking turns; the peak memory of two LoRA steps / the weights (--less_only: these
+                rows alone; --lora_peak_only: the memory row alone, for 1558M)
 """
 import argparse
 import functools
@@ -179,6 +182,10 @@ def parse_args():
                         help="other sizes to measure decode / floor for (each loaded, or written with --random)")
     parser.add_argument("--batch_only", action="store_true", help="only the samples and score_many rows")
     parser.add_argument("--train_only", action="store_true", help="only the forward + backward and AdamW rows")
+    parser.add_argument("--less_only", action="store_true", help="only the LoRA and train_blocks=2 steps against a "
+                        "full step, and the peak memory of LoRA steps")
+    parser.add_argument("--lora_peak_only", action="store_true", help="only the peak memory of LoRA steps (for "
+                        "1558M, whose full step does not fit)")
     parser.add_argument("--torch_python", help="a Python with torch and transformers: adds PyTorch's forward + "
                         "backward, taking turns with train.py's (see benchmarks/pytorch_baseline.py)")
     return parser.parse_args()
@@ -190,6 +197,8 @@ def main():
     load_encoder_hparams_and_params(args.model_size, args.models_dir)  # any download happens here, untimed
     if args.train_only:
         return print_rows(args, train_rows(args))
+    if args.less_only or args.lora_peak_only:
+        return print_rows(args, less_rows(args))
     if args.batch_only:
         _, hparams, params = load_encoder_hparams_and_params(args.model_size, args.models_dir)
         return print_rows(args, batch_rows(params, hparams["n_head"]))
@@ -315,7 +324,8 @@ TRAIN_SHAPE = (4, 256)  # [n_batch, n_seq] of the training rows
 
 # Training in a process of its own, for its peak memory: forward + backward alone on the loader's weights
 # ("fwd+bwd"), or two steps of a fine-tuning run ("adamw"): a writable copy of the weights, forward + backward,
-# AdamW (weights + gradients + two moments), the gradients dropped before the next step.
+# AdamW (weights + gradients + two moments), the gradients dropped before the next step; or two such steps of
+# LoRA ("lora": rank 8 on every c_attn, the weights the loader's, the adapters alone copied and updated).
 TRAIN_CHILD = """import sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np, train
@@ -324,6 +334,15 @@ _, hparams, params = load_encoder_hparams_and_params(sys.argv[2], sys.argv[3])
 ids = np.random.default_rng(0).integers(0, hparams["n_vocab"], (int(sys.argv[5]), int(sys.argv[6]) + 1))
 if sys.argv[4] == "fwd+bwd":
     train.loss_and_grads(ids[:, :-1], ids[:, 1:], params, hparams["n_head"])
+elif sys.argv[4] == "lora":
+    params = train.add_lora(params, 8, 16, rng=0)
+    names = train.trained_names(params)
+    params, trained = train.writable_trained(params, names)
+    state = train.adamw_state(trained)
+    for _ in range(2):
+        loss, grads = train.loss_and_grads(ids[:, :-1], ids[:, 1:], params, hparams["n_head"], names)
+        train.adamw(trained, grads, state, lr=1e-4, weight_decay=0.1, max_norm=1.0)
+        del grads
 else:
     params = train.writable_copy(params)
     state = train.adamw_state(params)
@@ -389,6 +408,44 @@ def train_rows(args):
     seconds = best_of(lambda: train.adamw(writable, grads, state, lr=1e-4, weight_decay=0.1, max_norm=1.0), 3)
     rows.append(("AdamW step", f"{seconds:.2f} s", f"fwd+bwd {both:.2f} s", f"{seconds / both:.0%} of fwd+bwd"))
     return rows
+
+
+def less_rows(args):
+    """A whole fine-tuning step (forward + backward + AdamW on what trains) with LoRA (rank 8 on every c_attn) and
+    with the last two blocks (train_blocks=2), each against a full step, taking turns; the peak memory of two
+    LoRA steps (alone with --lora_peak_only, for a size whose full step does not fit: 1558M)."""
+    _, hparams, params = load_encoder_hparams_and_params(args.model_size, args.models_dir)
+    n_batch, n_seq = TRAIN_SHAPE
+    rows, weights = [], sum(p.nbytes for p in train.leaves(params)) / 2**20
+    if not args.lora_peak_only:
+        ids = np.random.default_rng(0).integers(0, hparams["n_vocab"], (n_batch, n_seq + 1))
+        lora = train.add_lora(params, 8, 16, rng=0)
+        steps = {"full": step_of(params, train.trained_names(params), ids, hparams["n_head"]),
+                 "LoRA (rank 8, c_attn)": step_of(lora, train.trained_names(lora), ids, hparams["n_head"]),
+                 "train_blocks=2": step_of(params, train.trained_names(params, 2), ids, hparams["n_head"])}
+        rounds = [{name: settled(step) for name, step in steps.items()} for _ in range(3)]
+        full = float(np.median([r["full"] for r in rounds]))
+        for name in list(steps)[1:]:
+            rows.append((f"{name} step {n_batch}x{n_seq}", f"{np.median([r[name] for r in rounds]):.2f} s",
+                         f"full step {full:.2f} s", f"{np.median([r['full'] / r[name] for r in rounds]):.2f}x as fast"))
+    _, peak = run_peak([sys.executable, "-c", TRAIN_CHILD, ROOT, args.model_size, args.models_dir, "lora",
+                        str(n_batch), str(n_seq)])
+    rows.append((f"peak memory, 2 LoRA steps {n_batch}x{n_seq}", f"{peak:.0f} MB", f"weights {weights:.0f} MB",
+                 f"weights + {peak - weights:.0f} MB"))
+    return rows
+
+
+def step_of(params, names, ids, n_head):
+    """A function doing one fine-tuning step of the named tensors: forward + backward, then AdamW on writable
+    copies of them alone (the full step's: all of them)."""
+    tree, trained = train.writable_trained(params, names)
+    state = train.adamw_state(trained)
+
+    def step():
+        _, grads = train.loss_and_grads(ids[:, :-1], ids[:, 1:], tree, n_head, names)
+        train.adamw(trained, grads, state, lr=1e-4, weight_decay=0.1, max_norm=1.0)
+
+    return step
 
 
 def settled(f):

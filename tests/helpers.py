@@ -163,6 +163,27 @@ def named_leaves(tree, prefix=""):
     return {prefix.rstrip("."): tree}
 
 
+def as_dtype(params, dtype):
+    """A tree shaped like params with every array a new one of dtype (a number, such as a LoRA adapter's scale,
+    stays as it is)."""
+    if isinstance(params, dict):
+        return {key: as_dtype(value, dtype) for key, value in params.items()}
+    if isinstance(params, list):
+        return [as_dtype(value, dtype) for value in params]
+    return np.array(params, dtype) if isinstance(params, np.ndarray) else params
+
+
+def dotted(name):
+    """A flat name as train.py writes it ("blocks/0/attn/c_attn/A") as named_leaves writes it ("blocks.0.attn...")."""
+    return name.replace("/", ".")
+
+
+def picked_leaves(tree, names):
+    """{dotted name: tensor} of the tensors of a tree shaped like params with these flat names (train.py's)."""
+    leaves = named_leaves(tree)
+    return {dotted(name): leaves[dotted(name)] for name in names}
+
+
 def relative_error(ours, truth):
     """||ours - truth|| / ||truth|| over the whole tensor: independent of its scale, and not thrown by entries
     that are zero or nearly so, where an elementwise relative error means nothing."""

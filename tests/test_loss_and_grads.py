@@ -8,16 +8,12 @@ import pytest
 import gpt2
 import tf_reference as ref
 import train
-from helpers import assert_same_gradients, named_leaves, relative_error
+from helpers import as_dtype, assert_same_gradients, named_leaves, relative_error
 from utils import load_encoder_hparams_and_params
 
 # (model shape, shape of the token ids): a batch, one sequence, and 124M's real layer shapes on two sequences
 # longer than a query block (gpt2.QUERY_BLOCK = 128), so that attention runs in two blocks.
 CASES = {"tiny batch": ("tiny", (4, 33)), "tiny one sequence": ("tiny", (64,)), "124M": ("124M", (2, 150))}
-
-
-def as_dtype(params, dtype):
-    return train.tree_map(lambda p: np.array(p, dtype), params)
 
 
 @pytest.fixture(scope="module")

@@ -25,9 +25,15 @@ def layer_norm(x, g, b):
     return (x - mean) / tf.sqrt(variance + 1e-5) * g + b
 
 
-def linear(x, w, b=None):  # as rows: einsum's gradient of "...i,io->...o" would broadcast to [..., i, o]
+def linear(x, w, b=None, A=None, B=None, scale=None):
+    """x w + b, plus LoRA's scale (x A) B where an adapter is given (A [in, r], B [r, out], scale a float).
+    As rows: einsum's gradient of "...i,io->...o" would broadcast to [..., i, o]."""
     tf = _tf()
-    y = tf.reshape(tf.einsum("ti,io->to", tf.reshape(x, [-1, w.shape[0]]), w), [*x.shape[:-1], w.shape[1]])
+    x_rows = tf.reshape(x, [-1, w.shape[0]])
+    y = tf.einsum("ti,io->to", x_rows, w)
+    if A is not None:
+        y = y + scale * tf.matmul(tf.matmul(x_rows, A), B)
+    y = tf.reshape(y, [*x.shape[:-1], w.shape[1]])
     return y if b is None else y + b
 
 
@@ -59,17 +65,26 @@ def transformer_block(x, mlp, attn, ln_1, ln_2, n_head):
     return x + ffn(layer_norm(x, **ln_2), **mlp)
 
 
-def logits(inputs, wte, wpe, blocks, ln_f, n_head):
+def hidden(inputs, wte, wpe, blocks, ln_f, n_head):
+    """The final hidden state, after ln_f: [..., n_seq, n_embd]."""
     tf = _tf()
     x = tf.gather(wte, inputs) + wpe[:inputs.shape[-1]]
     for block in blocks:
         x = transformer_block(x, **block, n_head=n_head)
-    return linear(layer_norm(x, **ln_f), tf.transpose(wte))
+    return layer_norm(x, **ln_f)
+
+
+def logits(inputs, wte, wpe, blocks, ln_f, n_head):
+    tf = _tf()
+    return linear(hidden(inputs, wte, wpe, blocks, ln_f, n_head), tf.transpose(wte))
 
 
 def to_tf(tree, dtype):
-    """A NumPy tree as TensorFlow constants of dtype, and the list of them for the tape to watch."""
+    """A NumPy tree as TensorFlow constants of dtype, and the list of them for the tape to watch (a Python float,
+    a LoRA adapter's scale, stays a float and is not watched)."""
     tf = _tf()
+    if isinstance(tree, float):
+        return tree, []
     if isinstance(tree, dict):
         pairs = {key: to_tf(value, dtype) for key, value in tree.items()}
         return {key: pair[0] for key, pair in pairs.items()}, [t for pair in pairs.values() for t in pair[1]]
@@ -81,9 +96,9 @@ def to_tf(tree, dtype):
 
 
 def like(tree, flat):
-    """The arrays of `flat` (in to_tf's order) put back into a tree shaped like `tree`."""
+    """The arrays of `flat` (in to_tf's order) put back into a tree shaped like `tree` (without its floats)."""
     if isinstance(tree, dict):
-        return {key: like(value, flat) for key, value in tree.items()}
+        return {key: like(value, flat) for key, value in tree.items() if not isinstance(value, float)}
     if isinstance(tree, list):
         return [like(value, flat) for value in tree]
     return flat.pop(0)
@@ -113,3 +128,52 @@ def vjp(f, dy, *args, dtype=np.float64):
         y = f(*(tensors for tensors, _ in pairs))
     grads = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(y, flat, output_gradients=tf.constant(dy, dtype))]
     return [like(arg, grads) for arg in args]
+
+
+EOT = 50256  # <|endoftext|>, the padding
+
+
+def padded(texts):
+    """Token-id lists of different lengths as one batch [n_texts, longest], each right-padded with EOT."""
+    batch = np.full((len(texts), max(map(len, texts))), EOT)
+    for row, text in enumerate(texts):
+        batch[row, :len(text)] = text
+    return batch
+
+
+def classify_loss(texts, labels, tensors, w, n_head, lm_weight):
+    """The classifier's loss on a padded batch: the mean cross-entropy of the head w on each text's last real
+    position (gathered with tf.gather_nd), plus lm_weight times the language-model loss, masked: every position
+    of the batch predicts the next one, and the mean is taken over the pairs inside a text alone."""
+    tf = _tf()
+    batch, lengths = padded(texts), np.array([len(text) for text in texts])
+    h = hidden(batch, **tensors, n_head=n_head)  # [n_texts, n_seq, n_embd]
+    last = tf.gather_nd(h, np.stack([np.arange(len(texts)), lengths - 1], axis=1))
+    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=np.asarray(labels),
+                                                                         logits=tf.matmul(last, w)))
+    if lm_weight:
+        every = tf.nn.sparse_softmax_cross_entropy_with_logits(  # [n_texts, n_seq - 1], padding included
+            labels=batch[:, 1:], logits=tf.einsum("bte,ve->btv", h[:, :-1], tensors["wte"]))
+        inside = tf.constant(np.arange(batch.shape[1] - 1)[None, :] < lengths[:, None] - 1, every.dtype)
+        loss = loss + lm_weight * tf.reduce_sum(every * inside) / tf.reduce_sum(inside)
+    return loss
+
+
+def classify_loss_and_grads(texts, labels, params, w, n_head, lm_weight=0.0, dtype=np.float64):
+    """TensorFlow's classify_loss and its gradients: (loss, a tree shaped like params, dw)."""
+    tf = _tf()
+    (tensors, w_tensor), flat = to_tf([params, w], dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(flat)
+        loss = classify_loss(texts, labels, tensors, w_tensor, n_head, lm_weight)
+    grads = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, flat)]
+    grads_params, dw = like([params, w], grads)
+    return float(loss), grads_params, dw
+
+
+def class_probabilities(texts, params, w, n_head, dtype=np.float64):
+    """softmax(h w) at each text's last position, each text alone through the model: [n_texts, n_classes]."""
+    tf = _tf()
+    tensors, _ = to_tf(params, dtype)
+    return np.stack([tf.nn.softmax(tf.matmul(hidden(np.asarray(text), **tensors, n_head=n_head)[-1:],
+                                             tf.constant(w, dtype)))[0].numpy() for text in texts])
