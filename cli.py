@@ -342,8 +342,10 @@ def utils_command():
 # ---------------------------------------------------------------------------------------------
 # train.py: the command line of a fine-tuning run (finetune.py)
 
-TRAIN_TEXT_FLAGS = ("data", "model_size", "models_dir", "model_dir", "out", "val_data", "lr_schedule")
-LR_SCHEDULES = ("constant", "cosine")
+TRAIN_TEXT_FLAGS = ("data", "task", "model_size", "models_dir", "model_dir", "out", "val_data", "lr_schedule",
+                    "lora_targets")
+LR_SCHEDULES, TASKS = ("constant", "cosine"), ("lm", "classify")
+LORA_TARGETS = ("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj")  # train.LORA_TARGETS' names
 
 
 def check_train_flags(flags):
@@ -355,19 +357,40 @@ def check_train_flags(flags):
         gpt2.check_whole(flags[name], f"--{name}", 1)
     for name in ("warmup", "seed", "eval_every", "sample_every", "save_every"):
         gpt2.check_whole(flags[name], f"--{name}", 0)
-    for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
+    for name in ("lr", "min_lr", "weight_decay", "grad_clip", "lm_weight"):
         least = "above 0 (e.g. 1e-4)" if name == "lr" else ">= 0"
         if flags[name] is not None and not (gpt2.is_real(flags[name]) and flags[name] >= 0 and
                                             (flags[name] > 0 or name != "lr")):
             raise ValueError(f"--{name} must be a number {least}, not {flags[name]!r}")
     check_schedule(flags)
     given = given_flags(train_main, flags)
+    check_training_less(flags, given)
+    if flags["task"] not in TASKS:
+        raise ValueError(f"--task must be {' or '.join(TASKS)}, not {flags['task']!r}")
+    if flags["task"] == "lm":
+        refuse([name for name in given if name == "lm_weight"], ("goes", "go"), "with --task classify")
     if flags["model_dir"] is not None:
         refuse([name for name in given if name in ("model_size", "models_dir")],
                ("does", "do"), "not go with --model_dir, which names the starting model's folder itself")
     if flags["keep_best"]:
         refuse([name for name in given if name == "save_every"], ("does", "do"),
                "not go with --keep_best, which saves whenever the validation loss improves")
+
+
+def check_training_less(flags, given):
+    """--lora_rank, --lora_alpha, --lora_targets, --train_blocks."""
+    gpt2.check_whole(flags["lora_rank"], "--lora_rank", 0)
+    if flags["train_blocks"] is not None:
+        gpt2.check_whole(flags["train_blocks"], "--train_blocks", 1)
+    if not flags["lora_rank"]:
+        refuse([name for name in given if name in ("lora_alpha", "lora_targets")], ("goes", "go"), "with --lora_rank")
+    if flags["lora_alpha"] is not None and not (gpt2.is_real(flags["lora_alpha"]) and flags["lora_alpha"] > 0):
+        raise ValueError(f"--lora_alpha must be a number above 0, not {flags['lora_alpha']!r}")
+    targets = flags["lora_targets"].split(",")
+    unknown = [target for target in targets if target not in LORA_TARGETS]
+    if unknown or len(set(targets)) < len(targets):
+        raise ValueError(f"--lora_targets must name each of {', '.join(LORA_TARGETS)} once at most, separated by "
+                         f"commas, not {flags['lora_targets']!r}")
 
 
 def check_schedule(flags):
@@ -380,17 +403,19 @@ def check_schedule(flags):
         gpt2.check_whole(flags["decay_steps"], "--decay_steps", flags["warmup"] + 1)
 
 
-def train_main(data=None, model_size="124M", models_dir="models", model_dir=None, out=None, steps=200, batch_size=4,
-               seq_len=256, lr=1e-4, warmup=20, lr_schedule="constant", min_lr=None, decay_steps=None,
-               weight_decay=0.0, grad_clip=1.0, accumulate=1, seed=0, val_data=None, eval_every=25, sample_every=50,
+def train_main(data=None, task="lm", model_size="124M", models_dir="models", model_dir=None, out=None, steps=200,
+               batch_size=4, seq_len=256, lr=1e-4, warmup=20, lr_schedule="constant", min_lr=None, decay_steps=None,
+               weight_decay=0.0, grad_clip=1.0, accumulate=1, seed=0, val_data=None, lm_weight=0.0, lora_rank=0,
+               lora_alpha=None, lora_targets="c_attn", train_blocks=None, eval_every=25, sample_every=50,
                save_every=50, keep_best=False, model_only=False, resume=False):
-    """Fine-tune GPT-2 on a text of your own and save it in OpenAI's checkpoint format.
+    """Fine-tune GPT-2 on a text of your own, or to label texts, and save it in OpenAI's checkpoint format.
 
     Starts from OpenAI's model (downloaded on first use, as gpt2.py does) or from a model folder,
     and saves into --out, which gpt2.py --model_dir then uses as it is.
 
     Args:
-        data: the text to learn, a UTF-8 file
+        data: the text to learn, a UTF-8 file (classify: a CSV file with text and label columns, or .jsonl)
+        task: lm (learn the text) or classify (learn to label texts: a head on the last token, GPT-1's recipe)
         model_size: the starting model: 124M, 355M, 774M or 1558M
         models_dir: where model folders are kept, relative to the current directory
         model_dir: start from this model folder instead (e.g. an earlier run's --out)
@@ -407,9 +432,14 @@ def train_main(data=None, model_size="124M", models_dir="models", model_dir=None
         grad_clip: largest global norm of the gradients, as nanoGPT (0: no clipping)
         accumulate: batches whose gradients add up to one step: a larger batch in the same memory
         seed: makes the run repeatable (which windows each step learns from)
-        val_data: a UTF-8 file to measure the validation loss on (none: the last 10% of --data)
+        val_data: a UTF-8 file to measure the validation loss on (none: the last 10% of --data; of each class)
+        lm_weight: classify: times the language-model loss added to the task's (0: Hugging Face's and rasbt's)
+        lora_rank: train LoRA adapters of this rank instead of the weights (0: off; 8 is PEFT's default)
+        lora_alpha: LoRA's update is scaled by lora_alpha / lora_rank (none: the rank, so 1, as PEFT and the paper)
+        lora_targets: the linears LoRA adapts, of c_attn, attn.c_proj, c_fc, mlp.c_proj (c_attn: PEFT's, q k v)
+        train_blocks: train only the last N blocks, ln_f and the head, not wte or wpe (none: every block)
         eval_every: steps between validation losses (also at step 0 and at the end)
-        sample_every: steps between short samples, to see the model change (also at the end; 0: only then)
+        sample_every: lm: steps between short samples, to see the model change (also at the end; 0: only then)
         save_every: steps between saves (also at the end; 0: only at the end)
         keep_best: save only when the validation loss improves, so --out holds the best model seen
         model_only: at the end, delete train_state.npz (twice the model's size): the model stays, not resumable

@@ -1,11 +1,17 @@
 """The fine-tuning run of `python train.py`: its texts read, its folder opened (new, or resumed as it was left), and
 one loop in which training, evaluation, logging, samples and saves stand side by side, as in nanoGPT's train.py.
 
+A run learns a text (--task lm: the language model's loss on random windows of it) or a labeled file (--task
+classify: a head on the last token, train.classify_loss_and_grads), with every weight training, or LoRA adapters
+(--lora_rank), or the last blocks alone (--train_blocks): train.trained_names says which tensors train; the
+others stay the loader's read-only arrays and AdamW keeps no state for them.
+
 train.py holds the math of a step and touches no file; this file is the run around it. A run's folder (--out)
-holds the model in OpenAI's layout (utils.save_model_folder), train_state.npz (AdamW's moments, the step, the
-batches' generator and the run's record: the flags, texts and starting model it began with), log.csv and
-loss.png. Every save writes the model and train_state.npz together, atomically, so --resume goes on from the
-last save exactly as if the run had never stopped. Errors a user can meet are ValueErrors that say what to do.
+holds the model in OpenAI's layout (utils.save_model_folder; LoRA's adapters merged into it), adapters.npz (the
+adapters themselves), head.npz (a classifier's head), train_state.npz (AdamW's moments, the step, the batches'
+generator and the run's record: the flags, texts and starting model it began with), log.csv and loss.png. Every
+save writes them together, atomically, so --resume goes on from the last save exactly as if the run had never
+stopped. Errors a user can meet are ValueErrors that say what to do.
 """
 import dataclasses
 import hashlib
@@ -18,19 +24,25 @@ import time
 import numpy as np
 
 import gpt2
+import tasks
 import train
 from gpt2 import EOT
 from store import MODEL_SIZES, settled_folder
 from texts import check_is_text, read_text
-from utils import flatten, load_encoder_hparams_and_params, save_model_folder, unflatten
+from utils import ADAPTERS_FILE, HEAD_FILE, load_encoder_hparams_and_params, read_adapters, read_head, \
+    save_model_folder, with_adapters, write_adapters, write_head
 
 # The flags that shape a run's weights: recorded with it, and a resumed run keeps them.
-RUN_FLAGS = ("batch_size", "seq_len", "lr", "warmup", "lr_schedule", "min_lr", "decay_steps", "weight_decay",
-             "grad_clip", "accumulate", "seed")
-BEFORE_SCHEDULES = {"lr_schedule": "constant", "min_lr": 0.0, "decay_steps": None}  # runs recorded before them
+RUN_FLAGS = ("task", "lm_weight", "batch_size", "seq_len", "lr", "warmup", "lr_schedule", "min_lr", "decay_steps",
+             "weight_decay", "grad_clip", "accumulate", "seed", "lora_rank", "lora_alpha", "lora_targets",
+             "train_blocks")
+BEFORE = {"task": "lm", "lm_weight": 0.0, "lr_schedule": "constant", "min_lr": 0.0, "decay_steps": None,
+          "lora_rank": 0, "lora_alpha": None, "lora_targets": "c_attn", "train_blocks": None}  # older records
 STATE_FILE = "train_state.npz"  # AdamW's moments, the step, the batches' generator and the run's record
 LOG_FILE, PLOT_FILE = "log.csv", "loss.png"
-LOG_COLUMNS = ("step", "lr", "train_loss", "val_loss", "tokens_per_s", "seconds")
+LOG_COLUMNS = ("step", "lr", "train_loss", "val_loss", "tokens_per_s", "seconds", "val_accuracy")
+CONFUSION_FILE = "confusion.png"
+HEAD_STD = 0.02  # a new head's weights: normal, as Hugging Face's GPT2ForSequenceClassification starts its score
 VAL_WINDOWS = 32  # at most this many windows of the validation text are scored at each evaluation
 SAMPLE_TOKENS = 40
 
@@ -43,11 +55,13 @@ class Run:
     record: dict  # saved with it: flags, sha256 of the texts, starting model, seconds of training, best val loss
     encoder: object
     hparams: dict
-    params: dict  # the weights as they train: writable copies
-    state: dict  # AdamW's: {"step", "m", "v"}
-    rng: np.random.Generator  # draws each step's windows
-    train_tokens: np.ndarray  # [n_tokens]
-    val_windows: np.ndarray  # [n_windows, seq_len + 1]: the same at every evaluation
+    params: dict  # the model as it trains: trained tensors writable copies (and adapters), frozen ones the loader's
+    trainable: dict  # {flat name: array} of what AdamW updates (a classifier's head as "head"), shared with params
+    state: dict  # AdamW's: {"step", "m", "v"}, the moments shaped like trainable
+    rng: np.random.Generator  # draws each step's windows or texts
+    train_data: object  # lm: the text's tokens [n_tokens]; classify: (texts as token lists, labels [n_texts])
+    val_data: object  # lm: windows [n_windows, seq_len + 1]; classify: as train_data. The same at every evaluation
+    classes: list  # classify: the class names, in class order; lm: None
     vocab_dir: str  # where a save copies encoder.json and vocab.bpe from
     can_plot: bool  # matplotlib is installed
 
@@ -60,14 +74,28 @@ def fine_tune(flags, given):
     """python train.py: a new run, or with --resume the one --out holds, trained up to --steps.
     flags: every flag of train.py; given: the names of those the user gave."""
     run = start_run(flags, given)
-    print(f"fine-tuning {run.record['start']['model']} on {len(run.train_tokens):,} tokens of {flags['data']} "
-          f"({len(run.val_windows)} validation windows) from step {run.step} to {run.flags['steps']}, saving to "
-          f"{run.out}", file=sys.stderr)
+    what = "tokens" if run.classes is None else f"texts of {len(run.classes)} classes"
+    print(f"fine-tuning {run.record['start']['model']} on {len(run.train_data[0] if run.classes else run.train_data):,} "
+          f"{what} of {flags['data']} ({len(run.val_data[0] if run.classes else run.val_data)} for validation), "
+          f"{train_summary(run)}, from step {run.step} to {run.flags['steps']}, saving to {run.out}", file=sys.stderr)
     if not run.can_plot:
         print("note: matplotlib is not installed, so there is no loss.png (log.csv has the losses)", file=sys.stderr)
     train_loop(run)
+    if run.classes is not None:
+        print_report(run)
     if flags["model_only"]:
         drop_state(run)
+
+
+def train_summary(run):
+    """Which numbers train, in a few words: "all 124,439,808 weights", say, or LoRA's."""
+    n = sum(array.size for array in run.trainable.values())
+    if run.flags["lora_rank"]:
+        return f"LoRA adapters of rank {run.flags['lora_rank']} on {run.flags['lora_targets']} ({n:,} numbers train)"
+    if run.flags["train_blocks"]:
+        blocks = run.flags["train_blocks"]
+        return f"the last {blocks} block{'s' if blocks > 1 else ''} ({n:,} numbers train)"
+    return f"all {n:,} weights"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,7 +103,7 @@ def fine_tune(flags, given):
 
 def start_run(flags, given):
     """The run --out holds (--resume) or a new one, everything checked before a file is written: the texts, the
-    folder, the starting model (or the saved one), the windows to learn from and to validate on, AdamW's state."""
+    folder, the model, the texts or windows to learn from and to validate on, what trains, AdamW's state."""
     texts = read_texts(flags)
     out = flags["out"] or default_out(flags)
     record = open_out(out, flags)
@@ -86,23 +114,23 @@ def start_run(flags, given):
     else:
         record = new_record(flags, texts)
     flags = {**flags, **record["flags"]}  # the flags that shape the run, as it began
-    source = {"model_dir": out} if resumed else model_source(flags)
-    encoder, hparams, params = load_encoder_hparams_and_params(**source)
-    if flags["seq_len"] > hparams["n_ctx"]:
-        raise ValueError(f"--seq_len {flags['seq_len']} is longer than the model's context of {hparams['n_ctx']}")
-    train_tokens, val_tokens = split_tokens(encoder, texts["data"], texts["val_data"], flags["seq_len"])
-    run = Run(flags, out, record, encoder, hparams, train.writable_copy(params), train.adamw_state(params),
-              np.random.default_rng(flags["seed"]), train_tokens,
-              train.eval_windows(val_tokens, flags["seq_len"], VAL_WINDOWS), out if resumed else model_folder(flags),
-              has_matplotlib())
-    del params  # the loaded arrays map the checkpoint's file: let go of it before a save replaces it
+    encoder, hparams, params, vocab_dir = load_model(flags, record, out, resumed)
+    check_model_fits(flags, hparams)
+    train_data, val_data, classes = (classify_data if flags["task"] == "classify" else lm_data)(encoder, texts, flags)
+    params = with_lora(params, flags, out if resumed else None)
+    params, trainable = train.writable_trained(params, train.trained_names(params, flags["train_blocks"]))
+    if classes is not None:
+        trainable["head"] = read_head(out, hparams["n_embd"])[0].copy() if resumed else \
+            new_head(hparams["n_embd"], len(classes), flags["seed"])
+    run = Run(flags, out, record, encoder, hparams, params, trainable, train.adamw_state(trainable),
+              np.random.default_rng(flags["seed"]), train_data, val_data, classes, vocab_dir, has_matplotlib())
     if resumed:
         load_state(run)
     return run
 
 
 def read_texts(flags):
-    """{"data": the text to learn, "val_data": the validation text or None}, each checked to be text."""
+    """{"data": the text (or labeled file) to learn, "val_data": the validation one or None}, checked to be text."""
     texts = {}
     for name in ("data", "val_data"):
         texts[name] = None if flags[name] is None else read_text(flags[name], f"--{name}")
@@ -146,15 +174,108 @@ def index_sha256(model_dir):
 
 
 def new_record(flags, texts):
-    """What a new run records about itself, saved with it: the flags that shape it (a cosine schedule's floor
-    and horizon settled: lr / 10 and --steps unless given), its texts' sha256, its starting model, the seconds
-    spent training and the best validation loss so far."""
+    """What a new run records about itself, saved with it: the flags that shape it (settled: a cosine schedule's
+    floor and horizon, lr / 10 and --steps unless given; LoRA's alpha, its rank unless given), its texts' sha256,
+    its starting model, the seconds spent training and the best validation loss so far."""
     start = model_folder(flags)
     settled = {"min_lr": flags["lr"] / 10 if flags["min_lr"] is None else flags["min_lr"],
-               "decay_steps": flags["decay_steps"] or flags["steps"]}
+               "decay_steps": flags["decay_steps"] or flags["steps"],
+               "lora_alpha": flags["lora_alpha"] or flags["lora_rank"] or None}
     return {"flags": {name: settled.get(name, flags[name]) for name in RUN_FLAGS}, "data_sha256": sha256(texts["data"]),
             "val_sha256": sha256(texts["val_data"]), "elapsed": 0.0, "best_val_loss": None,
             "start": {"model": start, "index_sha256": index_sha256(start)}}
+
+
+def every_weight_trains(flags):
+    return not flags["lora_rank"] and not flags["train_blocks"]
+
+
+def load_model(flags, record, out, resumed):
+    """(encoder, hparams, params, the folder a save copies the vocabulary from): the weights the run starts from.
+    A new run: the starting model. A resumed run in which every weight trains: the last save. One that trains a
+    part: the starting model (its frozen weights; refused if its checkpoint changed since the run began) with the
+    last save's trained blocks, copied, so that no array maps a file a save replaces."""
+    if not resumed:
+        return (*load_encoder_hparams_and_params(**model_source(flags)), model_folder(flags))
+    if every_weight_trains(flags):
+        return (*load_encoder_hparams_and_params(model_dir=out), out)
+    start = record["start"]["model"]
+    if index_sha256(start) != record["start"]["index_sha256"]:
+        raise ValueError(f"the run in {out} trains part of {start}, whose checkpoint has changed since the run began "
+                         "(or is gone), and takes its other weights from it: put it back as it was, or start a new "
+                         "--out")
+    encoder, hparams, params = load_encoder_hparams_and_params(model_dir=start)
+    if not flags["lora_rank"]:  # --train_blocks: the blocks it trains as the last save left them
+        _, _, saved = load_encoder_hparams_and_params(model_dir=out)
+        params = {**params, "ln_f": train.tree_map(np.array, saved["ln_f"]),
+                  "blocks": params["blocks"][:-flags["train_blocks"]] +
+                  [train.tree_map(np.array, block) for block in saved["blocks"][-flags["train_blocks"]:]]}
+    return encoder, hparams, params, start
+
+
+def check_model_fits(flags, hparams):
+    if flags["seq_len"] > hparams["n_ctx"]:
+        raise ValueError(f"--seq_len {flags['seq_len']} is longer than the model's context of {hparams['n_ctx']}")
+    if flags["train_blocks"] and flags["train_blocks"] > hparams["n_layer"]:
+        raise ValueError(f"--train_blocks {flags['train_blocks']} is more than the model's {hparams['n_layer']} "
+                         "blocks: give at most that (or leave it out to train every weight)")
+
+
+def with_lora(params, flags, out):
+    """params with the run's LoRA adapters, if it has them: those a resumed run saved in out (adapters.npz), or new
+    ones (train.add_lora, in the last --train_blocks blocks if given)."""
+    if not flags["lora_rank"]:
+        return params
+    if out is not None:
+        return with_adapters(params, *read_adapters(out)[:3], os.path.join(out, ADAPTERS_FILE))
+    n_layer, last = len(params["blocks"]), flags["train_blocks"]
+    try:
+        return train.add_lora(params, flags["lora_rank"], flags["lora_alpha"], flags["lora_targets"].split(","),
+                              None if last is None else range(n_layer - last, n_layer), rng=flags["seed"])
+    except ValueError as e:  # a rank the weights cannot take
+        raise ValueError(f"--lora_rank {flags['lora_rank']} does not fit this model: {e}") from None
+
+
+def new_head(n_embd, n_classes, seed):  # -> [n_embd, n_classes]
+    return np.random.default_rng(seed).normal(0, HEAD_STD, (n_embd, n_classes)).astype(np.float32)
+
+
+def lm_data(encoder, texts, flags):
+    """--task lm: the training text's tokens, the validation windows, no classes."""
+    train_tokens, val_tokens = split_tokens(encoder, texts["data"], texts["val_data"], flags["seq_len"])
+    return train_tokens, train.eval_windows(val_tokens, flags["seq_len"], VAL_WINDOWS), None
+
+
+def classify_data(encoder, texts, flags):
+    """--task classify: (token lists, labels) to train on and to validate on, and the classes. Without --val_data
+    a seeded 10% of each class is held out. A text longer than --seq_len keeps its last --seq_len tokens."""
+    name = f"--data {flags['data']}"
+    rows = tasks.read_labeled(flags["data"], "--data", text=texts["data"])
+    classes = tasks.classes_of(rows, name)
+    ids, labels = [encoder.encode(text) for _, text, _ in rows], tasks.class_indices(rows, classes, name)
+    if texts["val_data"] is not None:
+        val_rows = tasks.read_labeled(flags["val_data"], "--val_data", text=texts["val_data"])
+        val = ([encoder.encode(text) for _, text, _ in val_rows],
+               tasks.class_indices(val_rows, classes, f"--val_data {flags['val_data']}"))
+        training = (ids, labels)
+    else:
+        kept, held = tasks.held_out(labels, 0.1, flags["seed"])
+        training, val = ([ids[i] for i in kept], labels[kept]), ([ids[i] for i in held], labels[held])
+    missing = [classes[c] for c in range(len(classes)) if c not in training[1]]
+    if missing:
+        raise ValueError(f"{name}: no text of class {missing[0]!r} is left to train on once 10% of each class is "
+                         "held out for validation: give more texts of it, or --val_data")
+    return cut(training, flags["seq_len"]), cut(val, flags["seq_len"]), classes
+
+
+def cut(data, seq_len):
+    """(texts, labels) with each text's last seq_len tokens, saying how many were longer."""
+    texts, labels = data
+    longer = sum(len(text) > seq_len for text in texts)
+    if longer:
+        print(f"note: {longer} of {len(texts)} texts are longer than --seq_len {seq_len} tokens: each keeps its "
+              f"last {seq_len}", file=sys.stderr)
+    return [text[-seq_len:] for text in texts], labels
 
 
 def open_out(out, flags):
@@ -198,7 +319,7 @@ def read_record(out):
             record = {**json.loads(str(state["record"])), "step": int(state["step"])}
     except (OSError, ValueError, KeyError):
         raise ValueError(f"{path} is truncated or corrupt: this run cannot be resumed") from None
-    record["flags"] = {**BEFORE_SCHEDULES, **record["flags"]}
+    record["flags"] = {**BEFORE, **record["flags"]}
     return record
 
 
@@ -243,13 +364,15 @@ def split_tokens(encoder, text, val_text, seq_len):  # -> train, validation: [n_
 
 
 def load_state(run):
-    """AdamW's state, the step and the batches' generator as the last save left them; log.csv's rows of later
+    """AdamW's moments, the step and the batches' generator as the last save left them; log.csv's rows of later
     steps dropped (the resumed run takes those steps again)."""
-    n_layer = run.hparams["n_layer"]
-    with np.load(os.path.join(run.out, STATE_FILE)) as saved:
-        for key in ("m", "v"):
-            run.state[key] = unflatten({name.removeprefix(key + "/"): saved[name] for name in saved.files
-                                        if name.startswith(key + "/")}, n_layer)
+    path = os.path.join(run.out, STATE_FILE)
+    with np.load(path) as saved:
+        try:
+            for key in ("m", "v"):
+                run.state[key] = {name: saved[f"{key}/{name}"] for name in run.trainable}
+        except KeyError as e:
+            raise ValueError(f"{path} holds no moments of {e}: this run cannot be resumed") from None
         run.rng.bit_generator.state = json.loads(str(saved["rng"]))
         run.state["step"] = int(saved["step"])
     trim_log(run.out, run.step)
@@ -264,7 +387,8 @@ def has_matplotlib():
 
 def train_loop(run):
     """From run.step to --steps. After each step, side by side, what falls due at it: the validation loss (every
-    --eval_every steps and at the end), a row of log.csv, a sample (every --sample_every steps and at the end),
+    --eval_every steps and at the end), a row of log.csv, a sample of text (every --sample_every steps and at the
+    end, when it learns a text),
     a save (every --save_every steps and at the end; with --keep_best, whenever the validation loss improves).
     A tqdm bar on stderr shows the loss, tokens/s and the time left; notes are written through it."""
     from tqdm import tqdm
@@ -273,7 +397,7 @@ def train_loop(run):
     with tqdm(total=flags["steps"], initial=run.step, desc="fine-tuning", unit="step", dynamic_ncols=True) as bar:
         try:
             if run.step == 0:
-                log_row(run, bar, val_loss=evaluate(run, bar)[0])
+                log_row(run, bar, val=evaluate(run, bar))
             while run.step < flags["steps"]:
                 lr = train.learning_rate(run.step + 1, *(flags[name] for name in ("lr", "warmup", "lr_schedule",
                                                                                   "min_lr", "decay_steps")))
@@ -281,11 +405,11 @@ def train_loop(run):
                 step, last = run.step, run.step == flags["steps"]
                 bar.set_postfix(loss=f"{loss:.3f}", tokens_per_s=f"{tokens_per_s:.0f}")
                 bar.update()
-                val_loss, best = evaluate(run, bar) if every(step, flags["eval_every"]) or last else (None, False)
-                log_row(run, bar, lr, loss, val_loss, tokens_per_s)
-                if every(step, flags["sample_every"]) or last:
+                val = evaluate(run, bar) if every(step, flags["eval_every"]) or last else None
+                log_row(run, bar, lr, loss, val, tokens_per_s)
+                if (every(step, flags["sample_every"]) or last) and run.classes is None:
                     print_sample(run, bar)
-                if best if flags["keep_best"] else every(step, flags["save_every"]) or last:
+                if val and val["best"] if flags["keep_best"] else every(step, flags["save_every"]) or last:
                     save_run(run, bar)
         except KeyboardInterrupt:
             bar.close()
@@ -303,34 +427,67 @@ def every(step, period):
 
 
 def take_step(run, lr):
-    """One step of train.train_step on the run, timed: (loss, tokens per second). FloatingPointError (before any
-    weight is saved) if the loss or the gradients are not finite."""
-    flags = run.flags
+    """One AdamW step on the mean gradient of --accumulate batches, timed: (loss, tokens per second).
+    FloatingPointError (before any weight is saved) if the loss or the gradients are not finite."""
+    flags, tokens = run.flags, []
     start = time.perf_counter()
     with np.errstate(all="ignore"):  # a step that goes non-finite is reported as a whole, not op by op
-        loss, _ = train.train_step(run.params, run.state, run.train_tokens, run.rng, run.hparams["n_head"],
-                                   flags["batch_size"], flags["seq_len"], lr, flags["accumulate"],
-                                   flags["weight_decay"], flags["grad_clip"] or None)
+        loss, grads = train.mean_of(batch_loss_and_grads(run, tokens) for _ in range(flags["accumulate"]))
+        train.adamw_step(run.trainable, grads, run.state, loss, lr, flags["weight_decay"], flags["grad_clip"] or None)
     seconds = time.perf_counter() - start
     run.record["elapsed"] += seconds
-    return loss, flags["batch_size"] * flags["seq_len"] * flags["accumulate"] / seconds
+    return loss, sum(tokens) / seconds
+
+
+def batch_loss_and_grads(run, tokens):
+    """The loss of one batch the run draws (random windows of the text, or random labeled texts) and its gradients
+    {name: gradient} for what trains; the batch's tokens are added to the list `tokens`."""
+    flags, n_head, trained = run.flags, run.hparams["n_head"], set(run.trainable) - {"head"}
+    if run.classes is None:
+        inputs, targets = train.get_batch(run.train_data, flags["batch_size"], flags["seq_len"], run.rng)
+        tokens.append(inputs.size)
+        return train.loss_and_grads(inputs, targets, run.params, n_head, trained=trained)
+    texts, labels = run.train_data
+    rows = run.rng.integers(0, len(texts), flags["batch_size"])
+    batch = [texts[i] for i in rows]
+    tokens.append(sum(map(len, batch)))
+    loss, grads, dw = train.classify_loss_and_grads(batch, labels[rows], run.params, run.trainable["head"], n_head,
+                                                    flags["lm_weight"], trained=trained)
+    return loss, {**grads, "head": dw}
+
+
+def model(run):
+    """The run's model as gpt2.py's functions take it: LoRA's adapters merged into their weights."""
+    return train.merge_lora(run.params) if run.flags["lora_rank"] else run.params
 
 
 def evaluate(run, bar):
-    """The validation loss, on the same windows every time, printed through the bar, and whether it is the run's
-    best yet (the record keeps the best; the starting model's, at step 0, counts)."""
-    val_loss = train.evaluate(run.val_windows, run.params, run.hparams["n_head"], run.flags["batch_size"])
-    bar.write(f"step {run.step}: validation loss {val_loss:.4f}")
+    """{"loss": the validation loss, "accuracy": a classifier's (None for a text), "best": whether the loss is the
+    run's best yet}, on the same windows or texts every time, printed through the bar. The record keeps the best
+    loss (the starting model's, at step 0, counts)."""
+    val = {"loss": None, "accuracy": None, "best": False}
+    if run.classes is None:
+        val["loss"] = train.evaluate(run.val_data, model(run), run.hparams["n_head"], run.flags["batch_size"])
+    else:
+        labels, probs = run.val_data[1], validation_probabilities(run)
+        val["loss"] = float(-np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-300)).mean())
+        val["accuracy"] = float((probs.argmax(axis=1) == labels).mean())
+    accuracy = "" if val["accuracy"] is None else f", accuracy {val['accuracy']:.4f}"
+    bar.write(f"step {run.step}: validation loss {val['loss']:.4f}{accuracy}")
     best = run.record["best_val_loss"]
-    if best is not None and not val_loss < best:
-        return val_loss, False
-    run.record["best_val_loss"] = val_loss
-    return val_loss, True
+    if best is None or val["loss"] < best:
+        run.record["best_val_loss"], val["best"] = val["loss"], True
+    return val
 
 
-def log_row(run, bar, lr=None, loss=None, val_loss=None, tokens_per_s=None):
+def validation_probabilities(run):  # -> [n_texts, n_classes]
+    return gpt2.classify(run.val_data[0], model(run), run.trainable["head"], run.hparams["n_head"])
+
+
+def log_row(run, bar, lr=None, loss=None, val=None, tokens_per_s=None):
     """Append the step's row to log.csv (and draw loss.png again after a validation loss)."""
-    row = [run.step, lr, loss, val_loss, tokens_per_s, run.record["elapsed"]]
+    val = val or {}
+    row = [run.step, lr, loss, val.get("loss"), tokens_per_s, run.record["elapsed"], val.get("accuracy")]
     path = os.path.join(run.out, LOG_FILE)
     os.makedirs(run.out, exist_ok=True)
     new = not os.path.exists(path)
@@ -338,44 +495,53 @@ def log_row(run, bar, lr=None, loss=None, val_loss=None, tokens_per_s=None):
         if new:
             f.write(",".join(LOG_COLUMNS) + "\n")
         f.write(",".join("" if value is None else f"{value:.6g}" for value in row) + "\n")
-    if val_loss is not None and run.can_plot:
+    if val and run.can_plot:
         plot_losses(run.out)
 
 
 def trim_log(out, step):
-    """Drop log.csv's rows after `step`: they are of steps a resumed run takes again."""
+    """Drop log.csv's rows after `step`: they are of steps a resumed run takes again. (A log of an older version,
+    with fewer columns, gets today's header; its rows leave the new columns empty.)"""
     path = os.path.join(out, LOG_FILE)
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
-            header, *rows = f.read().splitlines()
-        kept = [row for row in rows if row.split(",")[0].isdigit() and int(row.split(",")[0]) <= step]
+            _, *rows = f.read().splitlines()
+        kept = [row + "," * (len(LOG_COLUMNS) - 1 - row.count(",")) for row in rows
+                if row.split(",")[0].isdigit() and int(row.split(",")[0]) <= step]
         with open(path, "w", encoding="utf-8") as f:
-            f.write("\n".join([header, *kept]) + "\n")
+            f.write("\n".join([",".join(LOG_COLUMNS), *kept]) + "\n")
 
 
 def print_sample(run, bar):
     """A short sample from <|endoftext|>, the same draw at every step, so that a person sees the model change."""
-    ids = gpt2.generate([EOT], run.params, run.hparams["n_head"], min(SAMPLE_TOKENS, run.hparams["n_ctx"]),
+    ids = gpt2.generate([EOT], model(run), run.hparams["n_head"], min(SAMPLE_TOKENS, run.hparams["n_ctx"]),
                         temperature=0.8, top_k=40, seed=run.flags["seed"])
     bar.write(f"step {run.step}, a sample: {run.encoder.decode(ids)!r}")
 
 
 def save_run(run, bar):
-    """The weights in OpenAI's layout, and the state a resumed run needs, as one save (utils.save_model_folder:
-    a process killed while saving leaves the previous save or this one). Weights that are not finite are never
-    saved: FloatingPointError."""
-    if not all(np.isfinite(p).all() for p in train.leaves(run.params)):
+    """The model in OpenAI's layout (LoRA's adapters merged in), the adapters and a classifier's head beside it,
+    and the state a resumed run needs, as one save (utils.save_model_folder: a process killed while saving leaves
+    the previous save or this one). Weights that are not finite are never saved: FloatingPointError."""
+    if not all(np.isfinite(array).all() for array in run.trainable.values()):
         raise FloatingPointError("some weights are not finite")
-
-    def write_state(path):
-        moments = {f"{key}/{name}": array for key in ("m", "v") for name, array in flatten(run.state[key]).items()}
-        with open(path, "wb") as f:
-            np.savez(f, step=run.step, rng=json.dumps(run.rng.bit_generator.state), record=json.dumps(run.record),
-                     **moments)
-
-    save_model_folder(run.out, run.params, run.hparams, run.vocab_dir, {STATE_FILE: write_state})
+    flags, extra = run.flags, {STATE_FILE: lambda path: write_state(path, run)}
+    if flags["lora_rank"]:
+        extra[ADAPTERS_FILE] = lambda path: write_adapters(path, run.params, flags["lora_rank"], flags["lora_alpha"],
+                                                           flags["lora_targets"].split(","))
+    if run.classes is not None:
+        extra[HEAD_FILE] = lambda path: write_head(path, run.trainable["head"], run.classes)
+    save_model_folder(run.out, model(run), run.hparams, run.vocab_dir, extra)
     run.vocab_dir = run.out
     bar.write(f"step {run.step}: saved to {run.out}")
+
+
+def write_state(path, run):
+    """train_state.npz: AdamW's moments under the names of what trains, the step, the generator and the record."""
+    moments = {f"{key}/{name}": array for key in ("m", "v") for name, array in run.state[key].items()}
+    with open(path, "wb") as f:
+        np.savez(f, step=run.step, rng=json.dumps(run.rng.bit_generator.state), record=json.dumps(run.record),
+                 **moments)
 
 
 def last_save(run):
@@ -407,6 +573,15 @@ def plot_losses(out):
     path = os.path.join(out, PLOT_FILE)
     fig.savefig(path + ".tmp", format="png")
     os.replace(path + ".tmp", path)
+
+
+def print_report(run):
+    """The end of a classifier's run: accuracy, each class's precision, recall and F1, and the confusion matrix of
+    the validation texts, printed and drawn as confusion.png beside loss.png."""
+    counts = tasks.confusion_matrix(run.val_data[1], validation_probabilities(run).argmax(axis=1), len(run.classes))
+    print(f"on the {len(run.val_data[1])} validation texts at step {run.step}:\n" + tasks.report(counts, run.classes))
+    if run.can_plot:
+        tasks.plot_confusion(counts, run.classes, os.path.join(run.out, CONFUSION_FILE))
 
 
 def drop_state(run):

@@ -18,12 +18,12 @@ import numpy as np
 from texts import read_text
 
 
-def read_labeled(path, flag, need_labels=True):
+def read_labeled(path, flag, need_labels=True, text=None):
     """[(line, text, label)] of a labeled file (see above), line being where the row starts in the file and label
     None where the file has no label column (allowed unless need_labels). flag names the file in errors, e.g.
-    "--data"."""
+    "--data". text: the file's text if it was read already."""
     name = "stdin" if path == "-" else f"{flag} {path}"
-    text = read_text(path, flag)
+    text = read_text(path, flag) if text is None else text
     rows = json_lines(text, name) if path.endswith(".jsonl") else csv_rows(text, name, need_labels)
     if not rows:
         raise ValueError(f"{name} holds no labeled texts: give a CSV file with a header row naming text and label, "

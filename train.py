@@ -517,6 +517,9 @@ def check_lora(params, rank, alpha, targets, blocks):
         raise ValueError(f"targets must be one or more of {', '.join(LORA_TARGETS)}, not {targets!r}")
     if blocks is not None and not all(is_whole(i, 0) and i < n_layer for i in blocks):
         raise ValueError(f"blocks must be numbers of blocks from 0 to {n_layer - 1}, not {blocks!r}")
+    smallest = min(min(params["blocks"][0][part][name]["w"].shape) for part, name in map(LORA_TARGETS.get, targets))
+    if rank > smallest:  # a rank above min(in, out) adds numbers, not rank
+        raise ValueError(f"rank must be at most {smallest} (the smallest side of the adapted weights), not {rank}")
     for i in range(n_layer) if blocks is None else blocks:
         if any("A" in params["blocks"][i][part][name] for part, name in map(LORA_TARGETS.get, targets)):
             raise ValueError(f"block {i} already holds an adapter there: merge_lora first, or adapt other linears")
@@ -738,17 +741,30 @@ def train_step(params, state, tokens, rng, n_head, batch_size, seq_len, lr, accu
     """One AdamW step on the mean gradient of `accumulate` batches drawn from tokens, in place on params
     and state. Returns (the batches' mean loss, the gradients' global norm before clipping).
     FloatingPointError if either is not finite: params must then not be used (nor saved)."""
-    loss, grads = 0.0, None
-    for _ in range(accumulate):
-        batch_loss, batch_grads = loss_and_grads(*get_batch(tokens, batch_size, seq_len, rng), params, n_head)
-        loss += batch_loss / accumulate
+    loss, grads = mean_of(loss_and_grads(*get_batch(tokens, batch_size, seq_len, rng), params, n_head)
+                          for _ in range(accumulate))
+    return loss, adamw_step(params, grads, state, loss, lr, weight_decay, max_norm)
+
+
+def mean_of(results):  # (loss, grads) of each batch -> (mean loss, mean grads)
+    """The mean loss and gradients of several batches (gradient accumulation), summed into the first batch's
+    gradients as each batch comes, so that only two sets of gradients are ever held at once."""
+    n, loss, grads = 0, 0.0, None
+    for batch_loss, batch_grads in results:
+        n, loss = n + 1, loss + batch_loss
         grads = batch_grads if grads is None else tree_map(lambda g, h: np.add(g, h, out=g), grads, batch_grads)
-    if accumulate > 1:
-        tree_map(lambda g: np.multiply(g, 1 / accumulate, out=g), grads)
+    if n > 1:
+        tree_map(lambda g: np.multiply(g, 1 / n, out=g), grads)
+    return loss / n, grads
+
+
+def adamw_step(params, grads, state, loss, lr, weight_decay=0.0, max_norm=None):
+    """adamw, then a FloatingPointError if the loss or the gradients' norm is not finite (params must then not be
+    used, nor saved). Returns the norm."""
     norm = adamw(params, grads, state, lr, weight_decay, max_norm)
     if not (math.isfinite(loss) and math.isfinite(norm)):
         raise FloatingPointError(f"the loss is {loss} and the gradients' norm {norm}")
-    return loss, norm
+    return norm
 
 
 def eval_windows(tokens, seq_len, max_windows):  # [n_tokens] -> [n_windows, seq_len + 1]

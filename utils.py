@@ -321,6 +321,76 @@ def checkpoint_tensors(params, hparams):
 
 
 # ---------------------------------------------------------------------------------------------
+# What a run trains beside OpenAI's variables: LoRA adapters and a classifier's head, each a small
+# .npz file beside the checkpoint (numbers and strings only, so np.load reads it without pickle).
+
+ADAPTERS_FILE, HEAD_FILE = "adapters.npz", "head.npz"
+
+
+def write_adapters(path, params, rank, alpha, targets):
+    """adapters.npz: A [in, r] and B [r, out] (float32) of every adapted linear of params, under its flat name
+    ("blocks/3/attn/c_attn/A"), and rank, alpha and targets ("c_attn,mlp.c_proj")."""
+    tensors = {name: array for name, array in flatten(params).items() if name.endswith(("/A", "/B"))}
+    with open(path, "wb") as f:
+        np.savez(f, rank=rank, alpha=alpha, targets=",".join(targets),
+                 **{name: np.asarray(array, np.float32) for name, array in tensors.items()})
+
+
+def read_adapters(path):
+    """({flat name: A or B}, rank, alpha, targets) from adapters.npz (or a folder holding one); a one-line
+    error naming the file if it is missing or damaged."""
+    path = os.path.join(path, ADAPTERS_FILE) if os.path.isdir(path) else path
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            tensors = {name: saved[name] for name in saved.files if name.endswith(("/A", "/B"))}
+            rank, alpha, targets = int(saved["rank"]), float(saved["alpha"]), str(saved["targets"]).split(",")
+    except FileNotFoundError:
+        raise ValueError(f"there are no adapters at {path}: give a run's folder or its {ADAPTERS_FILE}") from None
+    except (OSError, ValueError, KeyError, EOFError):
+        raise ValueError(f"{path} is truncated or corrupt: it holds no adapters np.load can read") from None
+    return tensors, rank, alpha, targets
+
+
+def with_adapters(params, tensors, rank, alpha, path):
+    """A new params tree (dicts new, arrays shared) whose adapted linears hold A, B and scale = alpha / rank, as
+    train.add_lora makes them; a one-line error if the adapters do not fit the model (path names them)."""
+    flat = flatten(params)
+    for name, array in tensors.items():
+        layer = name.rsplit("/", 1)[0]
+        n_in, n_out = flat.get(layer + "/w", np.empty((0, 0))).shape
+        want = (n_in, rank) if name.endswith("/A") else (rank, n_out)
+        if layer + "/w" not in flat or array.shape != want:
+            raise ValueError(f"{path}: {name} {list(array.shape)} does not fit the model (it wants {list(want)} "
+                             "there): these adapters were trained on another model")
+        flat[name] = array.astype(flat[layer + "/w"].dtype)
+        flat[layer + "/scale"] = alpha / rank
+    return unflatten(flat, len(params["blocks"]))
+
+
+def write_head(path, w, labels):
+    """head.npz: a classifier's w [n_embd, n_classes] (float32) and its class names in class order."""
+    with open(path, "wb") as f:
+        np.savez(f, w=np.asarray(w, np.float32), labels=np.array(labels, dtype=str))
+
+
+def read_head(model_dir, n_embd):
+    """(w [n_embd, n_classes] float32, [class names]) from model_dir's head.npz; a one-line error if there is
+    none, or it is damaged, or it does not fit a model of width n_embd."""
+    path = os.path.join(model_dir, HEAD_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(f"{model_dir} has no {HEAD_FILE}: it was not trained with train.py --task classify")
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            w, labels = saved["w"], [str(label) for label in saved["labels"]]
+    except (OSError, ValueError, KeyError, EOFError):
+        raise ValueError(f"{path} is truncated or corrupt: train the classifier again") from None
+    if w.dtype != np.float32 or w.shape != (n_embd, len(labels)) or len(labels) < 2:
+        raise ValueError(f"{path} holds a head of shape {list(w.shape)} for {len(labels)} classes, which does not "
+                         f"fit this model (n_embd {n_embd})")
+    return w, labels
+
+
+# ---------------------------------------------------------------------------------------------
 # The parameter tree
 
 def param_name(tf_name):
