@@ -282,14 +282,37 @@ def gpt2_command():
     run_command(gpt2_main, GPT2_TEXT_FLAGS)
 
 
-def print_params(model_size="124M", models_dir="models"):
-    """Print hparams and every parameter's shape: python utils.py --model_size 124M"""
-    check_texts(dict(locals()), ("model_size", "models_dir"))
-    import json
+UTILS_TEXT_FLAGS = ("model_size", "models_dir", "model_dir", "out", "to")
 
-    from utils import load_encoder_hparams_and_params, param_shapes
 
-    _, hparams, params = load_encoder_hparams_and_params(model_size, models_dir)
+def utils_main(model_size="124M", models_dir="models", model_dir=None, out=None, to=None):
+    """Print a model's hparams and every parameter's shape, or with --out and --to, convert its folder.
+
+        python utils.py --model_size 124M
+        python utils.py --model_dir models/124M --out gpt2-hf --to hf
+
+    Args:
+        model_size: 124M, 355M, 774M or 1558M (downloaded on first use, as gpt2.py does)
+        models_dir: where model folders are kept, relative to the current directory
+        model_dir: a model folder to use as it is, in OpenAI's layout or Hugging Face's
+        out: with --to: a new or empty folder to save the model into
+        to: with --out: the layout to save in: openai (TensorFlow's checkpoint) or hf (Hugging Face's safetensors)
+    """
+    flags = dict(locals())
+    check_texts(flags, UTILS_TEXT_FLAGS)
+    if model_dir is not None:
+        refuse([name for name in given_flags(utils_main, flags) if name in ("model_size", "models_dir")],
+               ("does not go", "do not go"), "with --model_dir, which names the model folder itself")
+    if (out is None) != (to is None):
+        raise ValueError("--out and --to go together: --out FOLDER --to hf (or --to openai) converts the model")
+    from utils import convert_model_folder, load_encoder_hparams_and_params, param_shapes
+
+    if out is not None:
+        convert_model_folder(out, to, model_size, models_dir, model_dir)
+        print(f"saved {model_dir or os.path.join(models_dir, model_size)} to {out} in "
+              f"{'Hugging Face' if to == 'hf' else 'OpenAI'}'s layout")
+        return
+    _, hparams, params = load_encoder_hparams_and_params(model_size, models_dir, model_dir)
     shapes = param_shapes(params)
     print(json.dumps(hparams))
     for name, shape in shapes.items():
@@ -298,7 +321,7 @@ def print_params(model_size="124M", models_dir="models"):
 
 
 def utils_command():
-    run_command(print_params, ("model_size", "models_dir"))
+    run_command(utils_main, UTILS_TEXT_FLAGS)
 
 
 # ---------------------------------------------------------------------------------------------

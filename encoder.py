@@ -105,7 +105,12 @@ def read_vocab_file(path):
 def get_encoder(model_name, models_dir):
     """Encoder from models_dir/model_name/{encoder.json, vocab.bpe}, checked to be whole."""
     folder = os.path.join(models_dir, model_name)
-    encoder_path, bpe_path = os.path.join(folder, "encoder.json"), os.path.join(folder, "vocab.bpe")
+    return read_encoder(os.path.join(folder, "encoder.json"), os.path.join(folder, "vocab.bpe"))
+
+
+def read_encoder(encoder_path, bpe_path):
+    """Encoder from the token table and the merges at these paths (OpenAI's encoder.json and
+    vocab.bpe, or Hugging Face's vocab.json and merges.txt, the same files), checked to be whole."""
     try:
         encoder = json.loads(read_vocab_file(encoder_path))
     except json.JSONDecodeError:
