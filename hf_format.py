@@ -6,6 +6,8 @@ A GPT-2 that Hugging Face's transformers saved is a folder of these files:
     model.safetensors      the weights (paragraphs 1-4), under names of their own (paragraph 6)
     vocab.json             each token's id: the same table as OpenAI's encoder.json
     merges.txt             the BPE merges in rank order: OpenAI's vocab.bpe
+    tokenizer.json         both again, with the tokenizer's settings (paragraph 7): transformers 5
+                           writes only this one
     generation_config.json, tokenizer_config.json: settings of transformers' generate() and
                            tokenizer, written for transformers and not read here
 
@@ -48,6 +50,12 @@ A safetensors file is a header, then the tensors' bytes:
    do not. The output projection lm_head.weight is wte itself (tied), so transformers leaves it out;
    older files hold it anyway, and each layer's causal mask h.N.attn.bias [1, 1, n_ctx, n_ctx] and
    h.N.attn.masked_bias, buffers that hold no weights.
+7. tokenizer.json (Hugging Face's tokenizers library) holds under "model" the "vocab" (vocab.json's
+   table) and the "merges" in rank order, each a pair ["a", "b"] (a string "a b" in older files).
+   It is GPT-2's tokenizer when "model" is a BPE without dropout, prefixes or suffixes, byte
+   fallback or ignore_merges, there is no "normalizer", and the "pre_tokenizer" is ByteLevel with
+   GPT-2's regex and no added prefix space. From its table and merges, OpenAI's files are
+   json.dumps(table) and "#version: 0.2", then a line "a b" per merge, byte for byte.
 
 Reading (read_header, read_tensors) checks paragraphs 1-3 before any tensor is used; writing
 (write_safetensors) runs them backwards, byte for byte as the safetensors library writes the same
@@ -202,7 +210,7 @@ def write_safetensors(path, tensors, metadata=FORMAT):
 
 
 # ---------------------------------------------------------------------------------------------
-# GPT-2 in Hugging Face's names and config (paragraphs 5 and 6)
+# GPT-2 in Hugging Face's names, config and tokenizer (paragraphs 5-7)
 
 def hf_name(tf_name):
     """OpenAI's variable name -> Hugging Face's (paragraph 6): "model/h3/attn/c_attn/w" ->
@@ -250,3 +258,26 @@ def config_from_hparams(hparams):
             "dtype": "float32", "eos_token_id": 50256, "layer_norm_epsilon": 1e-5, "model_type": "gpt2",
             **{theirs: hparams[ours] for theirs, ours in HPARAMS.items()}, "n_inner": None,
             "scale_attn_by_inverse_layer_idx": False, "scale_attn_weights": True, "tie_word_embeddings": True}
+
+
+def vocab_from_tokenizer(tokenizer):
+    """(token table {token: id}, merges [(a, b)] in rank order) from tokenizer.json's dict; ValueError
+    unless it is GPT-2's byte-level BPE (paragraph 7)."""
+    model, pre = (tokenizer.get(key) or {} if isinstance(tokenizer, dict) else {} for key in ("model", "pre_tokenizer"))
+    if not (isinstance(model, dict) and isinstance(pre, dict) and model.get("type") == "BPE"
+            and not any(model.get(key) for key in ("dropout", "continuing_subword_prefix", "end_of_word_suffix",
+                                                   "byte_fallback", "ignore_merges"))
+            and tokenizer.get("normalizer") is None and pre.get("type") == "ByteLevel"
+            and not pre.get("add_prefix_space") and pre.get("use_regex", True) is True):
+        raise ValueError("is not GPT-2's tokenizer (a byte-level BPE with GPT-2's settings)")
+    vocab, merges = model.get("vocab"), model.get("merges")
+    if not isinstance(merges, list) or not all(isinstance(merge, (str, list)) for merge in merges):
+        raise ValueError("is not GPT-2's tokenizer (its merges are not a list)")
+    return vocab, [tuple(merge.split(" ") if isinstance(merge, str) else merge) for merge in merges]
+
+
+def vocab_file_bytes(vocab, merges):
+    """(encoder.json's bytes, vocab.bpe's bytes) of a token table and merges: OpenAI's two files, byte for byte
+    (vocab.json and merges.txt are the same)."""
+    table = json.dumps(vocab).encode("utf-8")
+    return table, ("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)).encode("utf-8")

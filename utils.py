@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 
-from encoder import MAX_FILE_BYTES, read_encoder
+from encoder import MAX_FILE_BYTES, Encoder, fits, read_encoder
 import hf_format
 import tf_checkpoint
 from store import DATA_FILE, INDEX_FILE, REQUIRED_FILES, DamagedFile, base_url, check_file_name, check_model_size, \
@@ -73,7 +73,8 @@ def load_model_dir(model_dir):
         raise ValueError(f"there is no model folder {model_dir}")
     with settled_folder(model_dir):
         hf = is_hf_folder(model_dir)
-        check_files(model_dir, HF_FILES if hf else REQUIRED_FILES)
+        check_files(model_dir, (HF_FILES[:2] if has_tokenizer_json(model_dir) else HF_FILES) if hf
+                    else REQUIRED_FILES)
         try:
             return read_hf_folder(model_dir) if hf else read_model_folder(model_dir)
         except DamagedFile as e:
@@ -92,9 +93,17 @@ def check_files(model_dir, names):
                          f"here: with transformers installed, write them as model.safetensors beside it with: python "
                          f"-c \"from transformers import GPT2LMHeadModel as M; M.from_pretrained({model_dir!r})"
                          f".save_pretrained({model_dir!r})\"")
-    layout = "a Hugging Face GPT-2 folder" if names == HF_FILES else "a model folder"
-    raise ValueError(f"{path} is missing, and nothing is downloaded into a model_dir: {layout} needs "
-                     f"{', '.join(names)}")
+    needs = f"a model folder needs {', '.join(names)}"
+    if names[0] == "config.json":
+        needs = "a Hugging Face GPT-2 folder needs config.json, model.safetensors, and vocab.json and merges.txt " \
+                "(or tokenizer.json)"
+    raise ValueError(f"{path} is missing, and nothing is downloaded into a model_dir: {needs}")
+
+
+def has_tokenizer_json(model_dir):
+    """Whether a Hugging Face folder keeps its vocabulary in tokenizer.json alone, as transformers 5 saves it."""
+    return os.path.isfile(os.path.join(model_dir, "tokenizer.json")) and not any(
+        os.path.isfile(os.path.join(model_dir, name)) for name in ("vocab.json", "merges.txt"))
 
 
 def read_model_folder(model_dir, model_size=None):
@@ -108,13 +117,29 @@ def read_model_folder(model_dir, model_size=None):
 
 
 def read_vocab(model_dir):
-    """The encoder from a model folder's two vocabulary files (vocab_paths); DamagedFile names the
-    one that is not whole."""
+    """The encoder from a model folder's two vocabulary files (vocab_paths), or from the
+    tokenizer.json of a Hugging Face folder without them; DamagedFile names a file that is not whole."""
     encoder_path, bpe_path = vocab_paths(model_dir)
+    if is_hf_folder(model_dir) and has_tokenizer_json(model_dir):
+        return Encoder(*read_tokenizer_json(model_dir))
     try:
         return read_encoder(encoder_path, bpe_path)
     except (ValueError, RecursionError):  # RecursionError: JSON nested too deep
         raise DamagedFile(damaged_vocab_file(encoder_path, bpe_path), "is truncated or corrupt") from None
+
+
+def read_tokenizer_json(model_dir):
+    """(token table, merges) of a Hugging Face folder's tokenizer.json (hf_format's paragraph 7);
+    DamagedFile if it is not whole, ValueError if it is not GPT-2's tokenizer."""
+    path = os.path.join(model_dir, "tokenizer.json")
+    tokenizer = read_json(path, max_bytes=MAX_FILE_BYTES)
+    try:
+        vocab, merges = hf_format.vocab_from_tokenizer(tokenizer)
+    except ValueError as e:
+        raise ValueError(f"{path} {e}: only GPT-2's own tokenizer is read") from None
+    if not fits(vocab, merges):
+        raise DamagedFile(path, "is truncated or corrupt (its vocab and merges do not match)")
+    return vocab, merges
 
 
 def is_hf_folder(model_dir):
@@ -364,7 +389,13 @@ def write_model_files(folder, tensors, hparams, vocab_dir, extra_files):
 
 
 def copy_vocab(vocab_dir, folder, names):
-    """Copy vocab_dir's token table and merges (vocab_paths) into folder under the two names given."""
+    """Copy vocab_dir's token table and merges (vocab_paths) into folder under the two names given;
+    from a Hugging Face folder with only tokenizer.json, write them from it (the same bytes)."""
+    if is_hf_folder(vocab_dir) and has_tokenizer_json(vocab_dir):
+        for data, name in zip(hf_format.vocab_file_bytes(*read_tokenizer_json(vocab_dir)), names):
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(data)
+        return
     for source, name in zip(vocab_paths(vocab_dir), names):
         shutil.copyfile(source, os.path.join(folder, name))
 

@@ -54,7 +54,9 @@ def tiny(tiny_models):
 def hf_models(tmp_path_factory):
     """hf_models(shape) -> {(kind, dtype): folder}: one random GPT-2 of that shape saved by transformers' own
     save_pretrained as GPT2LMHeadModel (kind "lm": names with "transformer.") and as GPT2Model ("base": without),
-    in float32 and float16, each folder with GPT-2's vocab.json and merges.txt beside. Written once per test run."""
+    in float32 and float16. The "lm" folders hold GPT-2's tokenizer as transformers 5 saves it (tokenizer.json
+    alone), the "base" ones GPT-2's vocab.json and merges.txt (as older versions and the Hub's folders). Written
+    once per test run."""
     made = {}
 
     def make(shape):
@@ -79,14 +81,21 @@ def save_pretrained_folders(root, shape):
     torch.manual_seed(model_seed(shape))
     model = hf.GPT2LMHeadModel(config).eval()
     trained_looking(model)
+    vocab = root / "vocab"
+    vocab.mkdir()
+    for theirs, ours in (("encoder.json", "vocab.json"), ("vocab.bpe", "merges.txt")):
+        shutil.copyfile(os.path.join(vocab_dir(), theirs), vocab / ours)
+    tokenizer = hf.GPT2Tokenizer.from_pretrained(str(vocab))
     folders = {}
     for dtype in ("float32", "float16"):
         model = model.to(getattr(torch, dtype))
         for kind, saved in (("lm", model), ("base", model.transformer)):
             folders[kind, dtype] = str(root / f"{kind}-{dtype}")
             saved.save_pretrained(folders[kind, dtype])
-            for theirs, ours in (("encoder.json", "vocab.json"), ("vocab.bpe", "merges.txt")):
-                shutil.copyfile(os.path.join(vocab_dir(), theirs), os.path.join(folders[kind, dtype], ours))
+            if kind == "lm":
+                tokenizer.save_pretrained(folders[kind, dtype])
+            else:
+                shutil.copytree(vocab, folders[kind, dtype], dirs_exist_ok=True)
     return folders
 
 

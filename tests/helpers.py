@@ -27,6 +27,9 @@ SHAPES = {
 # Reference texts
 
 PROMPT = "Alan Turing theorized that computers would one day become"
+# Texts whose token ids two tokenizers must agree on: spaces, tabs and newlines, accents, CJK, emoji, contractions.
+TOKENIZER_TEXTS = [PROMPT, "Hello world", " leading space, \ttabs\n\nand newlines  ", "naïve café, 東京, emoji 🤖, don't",
+                   "1234567 3.14159 $$$ ---> <html>"]
 # Dickens, A Tale of Two Cities (1859), public domain; repeated, so that the tiny model can learn it in a few steps.
 DICKENS = ("It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
            "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, "

@@ -11,12 +11,10 @@ import pytest
 import hf_format
 import utils
 from checkpoints import bits, reference_logits
-from helpers import PROMPT, SHAPES, assert_one_line_error, run, tensorflow_arrays, transformers
+from helpers import SHAPES, TOKENIZER_TEXTS, assert_one_line_error, run, tensorflow_arrays, transformers
 from utils import convert_model_folder, flatten, load_encoder_hparams_and_params
 
 IDS = [50256, 464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13, 0, 1, 50255]
-TEXTS = [PROMPT, "Hello world", " leading space, \ttabs\n\nand newlines  ", "naïve café, 東京, emoji 🤖, don't",
-         "1234567 3.14159 $$$ ---> <html>"]
 
 
 def utils_cli(*args, **kwargs):
@@ -60,7 +58,7 @@ def test_autotokenizer_gives_the_projects_token_ids(converted):
     source, folder = converted("tiny")
     tokenizer = transformers().AutoTokenizer.from_pretrained(folder)
     encoder = get_encoder(os.path.basename(source), os.path.dirname(source))
-    for text in TEXTS:
+    for text in TOKENIZER_TEXTS:
         ids = encoder.encode(text)
         assert tokenizer(text)["input_ids"] == ids, text
         assert tokenizer.decode(ids) == text

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hf_format
-from helpers import PROMPT, SHAPES, assert_one_line_error, gpt2_cli, greedy_text, tensorflow_logits, torch_params, \
-    transformers
-from utils import flatten, load_encoder_hparams_and_params
+from helpers import PROMPT, SHAPES, TOKENIZER_TEXTS, assert_one_line_error, gpt2_cli, greedy_text, tensorflow_logits, \
+    torch_params, transformers
+from utils import convert_model_folder, flatten, load_encoder_hparams_and_params
 
 VARIANTS = [(kind, dtype) for kind in ("lm", "base") for dtype in ("float32", "float16")]
 IDS = [50256, 36235, 39141, 18765, 1143, 326, 9061, 561, 530, 1110, 1716, 0, 1, 50255]
@@ -347,12 +347,15 @@ def test_a_shape_that_is_not_a_whole_number_is_named(tiny_hf, tmp_path, value):
 # ---------------------------------------------------------------------------------------------
 # Files missing
 
-@pytest.mark.parametrize("name", ["model.safetensors", "vocab.json", "merges.txt"])
-def test_a_missing_file_is_named(tiny_hf, tmp_path, name):
-    folder = copy_with(tiny_hf, tmp_path)
+@pytest.mark.parametrize("kind, name, missing", [
+    ("base", "model.safetensors", "model.safetensors"), ("base", "vocab.json", "vocab.json"),
+    ("base", "merges.txt", "merges.txt"), ("lm", "tokenizer.json", "vocab.json")])
+def test_a_missing_file_is_named(hf_models, tmp_path, kind, name, missing):
+    folder = copy_with(hf_models("tiny")[kind, "float32"], tmp_path)
     os.remove(os.path.join(folder, name))
-    assert_one_line_error(gpt2_cli("Hi", "--model_dir", folder), os.path.join(folder, name), "is missing",
-                          "a Hugging Face GPT-2 folder needs config.json, model.safetensors, vocab.json, merges.txt")
+    assert_one_line_error(gpt2_cli("Hi", "--model_dir", folder), os.path.join(folder, missing), "is missing",
+                          "a Hugging Face GPT-2 folder needs config.json, model.safetensors, and vocab.json and "
+                          "merges.txt (or tokenizer.json)")
 
 
 def test_a_pytorch_model_bin_alone_gets_the_command_that_converts_it(tiny_hf, tmp_path):
@@ -375,3 +378,64 @@ def test_a_pytorch_model_bin_alone_gets_the_command_that_converts_it(tiny_hf, tm
     assert converted.returncode == 0, converted.stderr
     ours, theirs = flatten(load(folder)[2]), flatten(load(tiny_hf)[2])
     assert all(np.array_equal(ours[name], theirs[name]) for name in theirs)
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizer.json, transformers 5's only tokenizer file
+
+def test_tokenizer_json_gives_transformers_token_ids(tiny_hf):
+    assert os.path.isfile(os.path.join(tiny_hf, "tokenizer.json"))
+    assert not os.path.exists(os.path.join(tiny_hf, "vocab.json"))
+    encoder, tokenizer = load(tiny_hf)[0], transformers().AutoTokenizer.from_pretrained(tiny_hf)
+    for text in TOKENIZER_TEXTS:
+        assert encoder.encode(text) == tokenizer(text)["input_ids"], text
+
+
+def test_tokenizer_json_becomes_openais_own_files(tiny_hf, tmp_path):
+    from vocab import vocab_dir
+
+    convert_model_folder(str(tmp_path / "openai"), "openai", model_dir=tiny_hf)
+    for name in ("encoder.json", "vocab.bpe"):
+        with open(os.path.join(vocab_dir(), name), "rb") as f:
+            assert (tmp_path / "openai" / name).read_bytes() == f.read(), name
+
+
+def edit_tokenizer(folder, tmp_path, edit):
+    """A copy of folder whose tokenizer.json is edit(its dict)."""
+    copy = copy_with(folder, tmp_path)
+    path = os.path.join(copy, "tokenizer.json")
+    with open(path, encoding="utf-8") as f:
+        tokenizer = json.load(f)
+    edit(tokenizer)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(tokenizer, f)
+    return copy
+
+
+def test_older_tokenizer_json_merges_as_strings_are_read(tiny_hf, tmp_path):
+    def as_strings(tokenizer):
+        tokenizer["model"]["merges"] = [" ".join(merge) for merge in tokenizer["model"]["merges"]]
+
+    encoder = load(edit_tokenizer(tiny_hf, tmp_path, as_strings))[0]
+    assert [encoder.encode(text) for text in TOKENIZER_TEXTS] == [load(tiny_hf)[0].encode(text)
+                                                                   for text in TOKENIZER_TEXTS]
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda t: t["pre_tokenizer"].update(add_prefix_space=True), "is not GPT-2's tokenizer"),
+    (lambda t: t.update(normalizer={"type": "NFC"}), "is not GPT-2's tokenizer"),
+    (lambda t: t["model"].update(dropout=0.1), "is not GPT-2's tokenizer"),
+    (lambda t: t["model"].update(type="WordPiece"), "is not GPT-2's tokenizer"),
+    (lambda t: t["model"]["merges"].pop(), "is truncated or corrupt"),
+])
+def test_another_tokenizer_is_a_one_line_error(tiny_hf, tmp_path, edit, fragment):
+    folder = edit_tokenizer(tiny_hf, tmp_path, edit)
+    assert_one_line_error(gpt2_cli("Hi", "--model_dir", folder), os.path.join(folder, "tokenizer.json"), fragment)
+
+
+def test_a_tokenizer_json_cut_short_is_named(tiny_hf, tmp_path):
+    folder = copy_with(tiny_hf, tmp_path)
+    path = os.path.join(folder, "tokenizer.json")
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    assert_one_line_error(gpt2_cli("Hi", "--model_dir", folder), path, "is truncated or corrupt")
