@@ -320,8 +320,15 @@ def load_hf_params(path, hparams):
     if "lm_head.weight" in arrays and not np.array_equal(arrays.pop("lm_head.weight"), arrays["wte.weight"]):
         raise ValueError(f"{path}'s lm_head.weight differs from its wte.weight: GPT-2's output projection is "
                          "wte itself (tied), so this is another model")
-    return unflatten({param_name(name): arrays[hf_format.hf_name(name)] for name in checkpoint_shapes(hparams)},
+    return unflatten({tree_name: arrays[name] for name, (tree_name, _) in hf_names(hparams).items()},
                      hparams["n_layer"])
+
+
+def hf_names(hparams):
+    """{Hugging Face's name: (the params tree's name, shape)} of GPT-2's tensors for these hparams
+    (hf_format's paragraph 6), conv1d weights [nx, nf]: what load_hf_params reads."""
+    return {hf_format.hf_name(name): (param_name(name), shape[1:] if len(shape) == 3 else shape)
+            for name, shape in checkpoint_shapes(hparams).items()}
 
 
 def check_hf_tensors(entries, hparams, path):
@@ -331,8 +338,7 @@ def check_hf_tensors(entries, hparams, path):
     layers = sum(bool(re.fullmatch(r"h\.\d+\.ln_1\.weight", name)) for name in entries)
     if layers != hparams["n_layer"]:  # checked first: it bounds the size of checkpoint_shapes()
         raise ValueError(f"{path} holds {layers} layers, but {config} says n_layer {hparams['n_layer']}")
-    wanted = {hf_format.hf_name(name): shape[1:] if len(shape) == 3 else shape  # conv1d [1, nx, nf] -> [nx, nf]
-              for name, shape in checkpoint_shapes(hparams).items()}
+    wanted = {name: shape for name, (_, shape) in hf_names(hparams).items()}
     wanted["lm_head.weight"] = wanted["wte.weight"]
     for name in wanted:
         if name not in entries and name != "lm_head.weight":
