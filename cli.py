@@ -9,6 +9,8 @@ The fine-tuning run itself is finetune.py's; train_main here is its command line
 import codecs
 import difflib
 import inspect
+import json
+import os
 import re
 import signal
 import sys
@@ -80,7 +82,7 @@ def help_text(main, usage):
             for name, p in inspect.signature(main).parameters.items()]
     widths = [max(len(row[i]) for row in rows) for i in (0, 1)]
     lines = [f"  {flag:{widths[0]}}  {default:{widths[1]}}  {meaning}" for flag, default, meaning in rows]
-    return "\n".join([f"usage: {usage}", "", summary, "", description.strip(), "",
+    return "\n".join([f"usage: {usage}", "", summary, "", description.strip("\n").rstrip(), "",
                       "flags (name, default, meaning):", *lines])
 
 
@@ -314,20 +316,36 @@ def gpt2_command():
     run_command(gpt2_main, 'python gpt2.py "PROMPT" [--flag value ...]', GPT2_TEXT_FLAGS)
 
 
-def print_params(model_size="124M", models_dir="models"):
-    """Print a model's hparams and the shape of every parameter.
+UTILS_TEXT_FLAGS = ("model_size", "models_dir", "model_dir", "out", "to")
 
-    Downloads OpenAI's checkpoint into models_dir/model_size on first use, as gpt2.py does.
+
+def utils_main(model_size="124M", models_dir="models", model_dir=None, out=None, to=None):
+    """Print a model's hparams and every parameter's shape, or with --out and --to, convert its folder.
+
+        python utils.py --model_size 124M
+        python utils.py --model_dir models/124M --out gpt2-hf --to hf
 
     Args:
-        model_size: 124M, 355M, 774M or 1558M
+        model_size: 124M, 355M, 774M or 1558M (downloaded on first use, as gpt2.py does)
         models_dir: where model folders are kept, relative to the current directory
+        model_dir: a model folder to use as it is, in OpenAI's layout or Hugging Face's
+        out: with --to: a new or empty folder to save the model into
+        to: with --out: the layout to save in: openai (TensorFlow's checkpoint) or hf (Hugging Face's safetensors)
     """
-    import json
+    flags = dict(locals())
+    if model_dir is not None:
+        refuse([name for name in given_flags(utils_main, flags) if name in ("model_size", "models_dir")],
+               ("does not go", "do not go"), "with --model_dir, which names the model folder itself")
+    if (out is None) != (to is None):
+        raise ValueError("--out and --to go together: --out FOLDER --to hf (or --to openai) converts the model")
+    from utils import convert_model_folder, load_encoder_hparams_and_params, param_shapes
 
-    from utils import load_encoder_hparams_and_params, param_shapes
-
-    _, hparams, params = load_encoder_hparams_and_params(model_size, models_dir)
+    if out is not None:
+        convert_model_folder(out, to, model_size, models_dir, model_dir)
+        print(f"saved {model_dir or os.path.join(models_dir, model_size)} to {out} in "
+              f"{'Hugging Face' if to == 'hf' else 'OpenAI'}'s layout")
+        return
+    _, hparams, params = load_encoder_hparams_and_params(model_size, models_dir, model_dir)
     shapes = param_shapes(params)
     print(json.dumps(hparams))
     for name, shape in shapes.items():
@@ -336,7 +354,8 @@ def print_params(model_size="124M", models_dir="models"):
 
 
 def utils_command():
-    run_command(print_params, "python utils.py [--model_size 124M] [--models_dir models]", ("model_size", "models_dir"))
+    run_command(utils_main, "python utils.py [--model_size 124M | --model_dir DIR] [--out DIR --to hf|openai]",
+                UTILS_TEXT_FLAGS)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -105,7 +105,12 @@ def read_vocab_file(path):
 def get_encoder(model_name, models_dir):
     """Encoder from models_dir/model_name/{encoder.json, vocab.bpe}, checked to be whole."""
     folder = os.path.join(models_dir, model_name)
-    encoder_path, bpe_path = os.path.join(folder, "encoder.json"), os.path.join(folder, "vocab.bpe")
+    return read_encoder(os.path.join(folder, "encoder.json"), os.path.join(folder, "vocab.bpe"))
+
+
+def read_encoder(encoder_path, bpe_path):
+    """Encoder from the token table and the merges at these paths (OpenAI's encoder.json and
+    vocab.bpe, or Hugging Face's vocab.json and merges.txt, the same files), checked to be whole."""
     try:
         encoder = json.loads(read_vocab_file(encoder_path))
     except json.JSONDecodeError:
@@ -113,8 +118,14 @@ def get_encoder(model_name, models_dir):
     lines = read_vocab_file(bpe_path).split("\n")
     # First line is a '#version' header; the rest are "a b" merges. 256 bytes + merges + <|endoftext|>.
     merges = [tuple(line.split()) for line in lines[1:] if line.strip()]
-    if not isinstance(encoder, dict) or "<|endoftext|>" not in encoder or len(merges) != len(encoder) - 257 \
-            or any(len(m) != 2 for m in merges):
+    if not fits(encoder, merges):
         raise ValueError(f"{encoder_path} and {bpe_path} do not match (truncated or corrupt?); "
                          "delete them and run again")
     return Encoder(encoder, merges)
+
+
+def fits(encoder, merges):
+    """Whether a token table and merges make one tokenizer: 256 bytes + a token per merge + <|endoftext|>."""
+    return isinstance(encoder, dict) and "<|endoftext|>" in encoder and len(merges) == len(encoder) - 257 \
+        and all(type(i) is int for i in encoder.values()) \
+        and all(isinstance(m, tuple) and len(m) == 2 and all(isinstance(s, str) for s in m) for m in merges)

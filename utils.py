@@ -1,13 +1,15 @@
 """The GPT-2 loader and saver: a model folder <-> (encoder, hparams, params), joining the model
-store (store.py: downloads, atomic saves, the folder lock) and the checkpoint format (tf_checkpoint.py).
+store (store.py: downloads, atomic saves, the folder lock) and the checkpoint formats: OpenAI's
+(tf_checkpoint.py) and Hugging Face's (hf_format.py), which a model_dir may be in.
 
 Here the checkpoint's tensors become GPT-2's parameter tree, and everything is checked against
 the model it claims to be: hparams.json, the index's names and shapes, the data file's length,
 and each tensor's CRC32C once per version of the data file (verified.json remembers it). A file
 of OpenAI's found damaged is set aside and fetched again; in a folder given as model_dir (one a
 fine-tune saved, say), which is used as it is, it is an error. save_model_folder writes the
-parameter tree back as OpenAI's files. Every error a user can meet is a ValueError or OSError
-with a message that says what to do; the CLI prints it as one line.
+parameter tree back as OpenAI's files, save_hf_folder as Hugging Face's, and convert_model_folder
+turns one folder into the other. Every error a user can meet is a ValueError or OSError with a
+message that says what to do; the CLI prints it as one line.
 """
 import json
 import os
@@ -17,7 +19,8 @@ import sys
 
 import numpy as np
 
-from encoder import MAX_FILE_BYTES, get_encoder
+from encoder import MAX_FILE_BYTES, Encoder, fits, read_encoder
+import hf_format
 import tf_checkpoint
 from store import DATA_FILE, INDEX_FILE, REQUIRED_FILES, DamagedFile, base_url, check_file_name, check_model_size, \
     download_gpt2_files, save_files, set_aside, settled_folder, where_else
@@ -36,6 +39,7 @@ class MixedFolder(ValueError):
 HPARAMS = ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")
 OPENAI_SHAPES = {"124M": (12, 768, 12), "355M": (24, 1024, 16), "774M": (36, 1280, 20), "1558M": (48, 1600, 25)}
 VERIFIED_FILE = "verified.json"  # which versions of the checkpoint have passed their checksums
+HF_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")  # what a Hugging Face folder needs
 
 
 def load_encoder_hparams_and_params(model_size="124M", models_dir="models", model_dir=None):
@@ -103,18 +107,41 @@ def load_model_dir(model_dir):
     if not os.path.isdir(model_dir):
         raise ValueError(f"there is no model folder {model_dir}")
     with settled_folder(model_dir):
-        missing = [name for name in REQUIRED_FILES if not os.path.isfile(os.path.join(model_dir, name))]
-        if missing:
-            raise ValueError(f"{os.path.join(model_dir, missing[0])} is missing, and nothing is downloaded into a "
-                             f"model_dir: a model folder needs {', '.join(REQUIRED_FILES)}")
+        hf = is_hf_folder(model_dir)
+        check_files(model_dir, (HF_FILES[:2] if has_tokenizer_json(model_dir) else HF_FILES) if hf
+                    else REQUIRED_FILES)
         try:
-            return read_model_folder(model_dir)
+            return read_hf_folder(model_dir) if hf else read_model_folder(model_dir)
         except DamagedFile as e:
             raise ValueError(f"{e}; nothing is downloaded into a model_dir, so copy a whole one in "
                              "(or save the model again)") from None
         except MixedFolder as e:  # a download cannot mend it: say what is wrong, not to download again
             raise ValueError(f"{model_dir} is inconsistent: {e.what}; copy a whole model folder in (or save the "
                              "model again)") from None
+
+
+def check_files(model_dir, names):
+    """A one-line error for the first of the files `names` that model_dir lacks, saying what to do."""
+    missing = [name for name in names if not os.path.isfile(os.path.join(model_dir, name))]
+    if not missing:
+        return
+    path = os.path.join(model_dir, missing[0])
+    if missing[0] == "model.safetensors" and os.path.isfile(os.path.join(model_dir, "pytorch_model.bin")):
+        raise ValueError(f"{model_dir} holds its weights as pytorch_model.bin (PyTorch's pickle), which is not read "
+                         f"here: with transformers installed, write them as model.safetensors beside it with: python "
+                         f"-c \"from transformers import GPT2LMHeadModel as M; M.from_pretrained({model_dir!r})"
+                         f".save_pretrained({model_dir!r})\"")
+    needs = f"a model folder needs {', '.join(names)}"
+    if names[0] == "config.json":
+        needs = "a Hugging Face GPT-2 folder needs config.json, model.safetensors, and vocab.json and merges.txt " \
+                "(or tokenizer.json)"
+    raise ValueError(f"{path} is missing, and nothing is downloaded into a model_dir: {needs}")
+
+
+def has_tokenizer_json(model_dir):
+    """Whether a Hugging Face folder keeps its vocabulary in tokenizer.json alone, as transformers 5 saves it."""
+    return os.path.isfile(os.path.join(model_dir, "tokenizer.json")) and not any(
+        os.path.isfile(os.path.join(model_dir, name)) for name in ("vocab.json", "merges.txt"))
 
 
 def read_model_folder(model_dir, model_size=None):
@@ -124,11 +151,46 @@ def read_model_folder(model_dir, model_size=None):
     hparams = read_hparams(os.path.join(model_dir, "hparams.json"))
     if model_size is not None:
         check_size_name(hparams, model_size, model_dir)
+    return read_vocab(model_dir), hparams, load_params(model_dir, hparams)
+
+
+def read_vocab(model_dir):
+    """The encoder from a model folder's two vocabulary files (vocab_paths), or from the
+    tokenizer.json of a Hugging Face folder without them; DamagedFile names a file that is not whole."""
+    encoder_path, bpe_path = vocab_paths(model_dir)
+    if is_hf_folder(model_dir) and has_tokenizer_json(model_dir):
+        return Encoder(*read_tokenizer_json(model_dir))
     try:
-        encoder = get_encoder(os.path.basename(model_dir), os.path.dirname(model_dir))
+        return read_encoder(encoder_path, bpe_path)
     except (ValueError, RecursionError):  # RecursionError: JSON nested too deep
-        raise DamagedFile(damaged_vocab_file(model_dir), "is truncated or corrupt") from None
-    return encoder, hparams, load_params(model_dir, hparams)
+        raise DamagedFile(damaged_vocab_file(encoder_path, bpe_path), "is truncated or corrupt") from None
+
+
+def read_tokenizer_json(model_dir):
+    """(token table, merges) of a Hugging Face folder's tokenizer.json (hf_format's paragraph 7);
+    DamagedFile if it is not whole, ValueError if it is not GPT-2's tokenizer."""
+    path = os.path.join(model_dir, "tokenizer.json")
+    tokenizer = read_json(path, max_bytes=MAX_FILE_BYTES)
+    try:
+        vocab, merges = hf_format.vocab_from_tokenizer(tokenizer)
+    except ValueError as e:
+        raise ValueError(f"{path} {e}: only GPT-2's own tokenizer is read") from None
+    if not fits(vocab, merges):
+        raise DamagedFile(path, "is truncated or corrupt (its vocab and merges do not match)")
+    return vocab, merges
+
+
+def is_hf_folder(model_dir):
+    """Whether model_dir is in Hugging Face's layout: its config.json, and no hparams.json of OpenAI's."""
+    return os.path.isfile(os.path.join(model_dir, "config.json")) and \
+        not os.path.isfile(os.path.join(model_dir, "hparams.json"))
+
+
+def vocab_paths(model_dir):
+    """The paths of a model folder's token table and merges: OpenAI's encoder.json and vocab.bpe, or
+    in a Hugging Face folder vocab.json and merges.txt, the same files under other names."""
+    names = ("vocab.json", "merges.txt") if is_hf_folder(model_dir) else ("encoder.json", "vocab.bpe")
+    return tuple(os.path.join(model_dir, name) for name in names)
 
 
 def read_json(path, max_bytes=1 << 20):
@@ -143,10 +205,15 @@ def read_json(path, max_bytes=1 << 20):
 
 
 def read_hparams(path):
-    hparams = read_json(path)
+    return check_hparams(read_json(path), path, HPARAMS)
+
+
+def check_hparams(hparams, path, keys):
+    """hparams, once each of HPARAMS is a whole number (and n_head divides n_embd); DamagedFile
+    naming path, which holds them under the names `keys`, if not."""
     if not (isinstance(hparams, dict) and all(type(hparams.get(k)) is int and 0 < hparams[k] < 1 << 24 for k in HPARAMS)
             and hparams["n_embd"] % hparams["n_head"] == 0):
-        raise DamagedFile(path, f"does not hold GPT-2's {', '.join(HPARAMS)}")
+        raise DamagedFile(path, f"does not hold GPT-2's {', '.join(keys)}")
     return hparams
 
 
@@ -162,17 +229,16 @@ def check_size_name(hparams, model_size, model_dir):
                          f"download {model_size}")
 
 
-def damaged_vocab_file(model_dir):
-    """Which of encoder.json and vocab.bpe to blame when get_encoder refuses them. encoder.json
-    cut off anywhere is not valid JSON (its closing brace comes last), so if it reads as GPT-2's
-    50,257 tokens, it is whole and vocab.bpe is not."""
-    encoder_path = os.path.join(model_dir, "encoder.json")
+def damaged_vocab_file(encoder_path, bpe_path):
+    """Which of encoder.json and vocab.bpe (vocab.json and merges.txt) to blame when read_encoder
+    refuses them. encoder.json cut off anywhere is not valid JSON (its closing brace comes last), so
+    if it reads as GPT-2's 50,257 tokens, it is whole and vocab.bpe is not."""
     try:
         tokens = read_json(encoder_path, max_bytes=MAX_FILE_BYTES)
     except DamagedFile:
         return encoder_path
     whole = isinstance(tokens, dict) and len(tokens) == 50257 and "<|endoftext|>" in tokens
-    return os.path.join(model_dir, "vocab.bpe") if whole else encoder_path
+    return bpe_path if whole else encoder_path
 
 
 def load_params(model_dir, hparams):
@@ -261,6 +327,70 @@ def checkpoint_shapes(hparams):
 
 
 # ---------------------------------------------------------------------------------------------
+# Hugging Face's folder (hf_format.py's page)
+
+def read_hf_folder(model_dir):
+    """(encoder, hparams, params) from a Hugging Face GPT-2 folder: the hparams from config.json,
+    the encoder from vocab.json and merges.txt, the params from model.safetensors. DamagedFile
+    names a file that is not whole; a ValueError names config.json's key for a model that is not
+    GPT-2 as computed here."""
+    config_path = os.path.join(model_dir, "config.json")
+    hparams = hf_format.hparams_from_config(read_json(config_path), config_path)
+    check_hparams(hparams, config_path, hf_format.HPARAMS)
+    return read_vocab(model_dir), hparams, load_hf_params(os.path.join(model_dir, "model.safetensors"), hparams)
+
+
+def load_hf_params(path, hparams):
+    """The parameter tree from Hugging Face's model.safetensors (hf_format's paragraph 6): float32
+    tensors are read-only views of the file, memory-mapped; float16 and bfloat16 ones are converted
+    to float32, exactly. DamagedFile if the file is not whole; ValueError if it holds another model
+    than hparams, or an lm_head.weight other than wte."""
+    try:
+        entries = hf_format.gpt2_entries(hf_format.read_header(path))
+    except ValueError as e:
+        raise DamagedFile(path, f"is not a whole safetensors file: {e}") from None
+    check_hf_tensors(entries, hparams, path)
+    try:
+        arrays = hf_format.read_tensors(path, entries)
+    except ValueError as e:  # changed since its header was read
+        raise DamagedFile(path, f"is not a whole safetensors file: {e}") from None
+    if "lm_head.weight" in arrays and not np.array_equal(arrays.pop("lm_head.weight"), arrays["wte.weight"]):
+        raise ValueError(f"{path}'s lm_head.weight differs from its wte.weight: GPT-2's output projection is "
+                         "wte itself (tied), so this is another model")
+    return unflatten({tree_name: arrays[name] for name, (tree_name, _) in hf_names(hparams).items()},
+                     hparams["n_layer"])
+
+
+def hf_names(hparams):
+    """{Hugging Face's name: (the params tree's name, shape)} of GPT-2's tensors for these hparams
+    (hf_format's paragraph 6), conv1d weights [nx, nf]: what load_hf_params reads."""
+    return {hf_format.hf_name(name): (param_name(name), shape[1:] if len(shape) == 3 else shape)
+            for name, shape in checkpoint_shapes(hparams).items()}
+
+
+def check_hf_tensors(entries, hparams, path):
+    """That model.safetensors' entries (gpt2_entries) are exactly GPT-2's tensors for hparams, in
+    Hugging Face's names and shapes, stored as F32, F16 or BF16 (and perhaps lm_head.weight)."""
+    config = os.path.join(os.path.dirname(path), "config.json")
+    layers = sum(bool(re.fullmatch(r"h\.\d+\.ln_1\.weight", name)) for name in entries)
+    if layers != hparams["n_layer"]:  # checked first: it bounds the size of checkpoint_shapes()
+        raise ValueError(f"{path} holds {layers} layers, but {config} says n_layer {hparams['n_layer']}")
+    wanted = {name: shape for name, (_, shape) in hf_names(hparams).items()}
+    wanted["lm_head.weight"] = wanted["wte.weight"]
+    for name in wanted:
+        if name not in entries and name != "lm_head.weight":
+            raise ValueError(f"{path} has no {name}, which {config}'s GPT-2 has")
+    for name, entry in entries.items():
+        if name not in wanted:
+            raise ValueError(f"{path} holds {name}, which is not one of GPT-2's tensors (GPT2LMHeadModel's or "
+                             "GPT2Model's)")
+        if entry["shape"] != wanted[name]:
+            raise ValueError(f"{path}'s {name} is {entry['shape']}, but {config}'s GPT-2 has {wanted[name]}")
+        if entry["dtype"] not in ("F32", "F16", "BF16"):
+            raise ValueError(f"{path}'s {name} is {entry['dtype']}: GPT-2's weights are read as F32, F16 or BF16")
+
+
+# ---------------------------------------------------------------------------------------------
 # Saving
 
 CHECKPOINT_TEXT = 'model_checkpoint_path: "model.ckpt"\nall_model_checkpoint_paths: "model.ckpt"\n'
@@ -275,7 +405,8 @@ def save_model_folder(model_dir, params, hparams, vocab_dir, extra_files=None):
     checkpoint holds them under OpenAI's names and shapes (conv1d weights [1, nx, nf]), and
     nothing else, so TensorFlow and any loader of OpenAI's files read it. Files: model.ckpt.index,
     model.ckpt.data-00000-of-00001, `checkpoint` (naming the prefix relatively, so the folder can
-    move), hparams.json, and encoder.json and vocab.bpe copied from vocab_dir. extra_files:
+    move), hparams.json, and encoder.json and vocab.bpe copied from vocab_dir (from its vocab.json
+    and merges.txt if it is a Hugging Face folder). extra_files:
     {file name: function(path) that writes the file at path}, saved in the same save (a training
     state, say). verified.json goes: the next load checks the new checksums."""
     tensors = checkpoint_tensors(params, hparams)
@@ -295,10 +426,65 @@ def write_model_files(folder, tensors, hparams, vocab_dir, extra_files):
         f.write(CHECKPOINT_TEXT)
     with open(os.path.join(folder, "hparams.json"), "w", encoding="utf-8") as f:
         json.dump({name: hparams[name] for name in HPARAMS}, f, indent=2)  # OpenAI's five, in OpenAI's order
-    for name in ("encoder.json", "vocab.bpe"):
-        shutil.copyfile(os.path.join(vocab_dir, name), os.path.join(folder, name))
+    copy_vocab(vocab_dir, folder, ("encoder.json", "vocab.bpe"))
     for name, write in extra_files.items():
         write(os.path.join(folder, name))
+
+
+def copy_vocab(vocab_dir, folder, names):
+    """Copy vocab_dir's token table and merges (vocab_paths) into folder under the two names given;
+    from a Hugging Face folder with only tokenizer.json, write them from it (the same bytes)."""
+    if is_hf_folder(vocab_dir) and has_tokenizer_json(vocab_dir):
+        for data, name in zip(hf_format.vocab_file_bytes(*read_tokenizer_json(vocab_dir)), names):
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(data)
+        return
+    for source, name in zip(vocab_paths(vocab_dir), names):
+        shutil.copyfile(source, os.path.join(folder, name))
+
+
+HF_MODEL_FILES = (*HF_FILES, "generation_config.json", "tokenizer_config.json")  # what save_hf_folder writes
+
+
+def save_hf_folder(model_dir, params, hparams, vocab_dir):
+    """Save a GPT-2 into model_dir (made if needed) as Hugging Face's files, all at once, as
+    save_model_folder does OpenAI's: what GPT2LMHeadModel.from_pretrained and
+    AutoTokenizer.from_pretrained load. params: as for save_model_folder. Files (hf_format's page):
+    model.safetensors (float32, names with "transformer.", no lm_head.weight, as transformers
+    writes them), config.json, generation_config.json, tokenizer_config.json, and vocab.json and
+    merges.txt copied from vocab_dir's vocabulary files."""
+    tensors = {hf_format.PREFIX + hf_format.hf_name(name): array[0] if array.ndim == 3 else array  # [nx, nf] again
+               for name, array in checkpoint_tensors(params, hparams).items()}
+    save_files(model_dir, lambda folder: write_hf_files(folder, tensors, hparams, vocab_dir))
+
+
+def write_hf_files(folder, tensors, hparams, vocab_dir):
+    """save_hf_folder's files, written into folder."""
+    hf_format.write_safetensors(os.path.join(folder, "model.safetensors"), tensors)
+    eot = {"bos_token_id": 50256, "eos_token_id": 50256}  # <|endoftext|> both starts and ends a text
+    tokenizer = {"add_prefix_space": False, "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+                 "errors": "replace", "model_max_length": hparams["n_ctx"], "tokenizer_class": "GPT2Tokenizer",
+                 "unk_token": "<|endoftext|>"}
+    for name, settings in (("config.json", hf_format.config_from_hparams(hparams)),
+                           ("generation_config.json", eot), ("tokenizer_config.json", tokenizer)):
+        with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+            json.dump(settings, f, indent=2, sort_keys=True)
+            f.write("\n")
+    copy_vocab(vocab_dir, folder, ("vocab.json", "merges.txt"))
+
+
+def convert_model_folder(out, to, model_size="124M", models_dir="models", model_dir=None):
+    """Save a model folder, taken as load_encoder_hparams_and_params takes it (model_size and
+    models_dir, downloading if need be, or model_dir in either layout), into the new or empty
+    folder out in OpenAI's layout (to="openai") or Hugging Face's (to="hf"), all at once. The
+    tensors go over bit for bit (float16 and bfloat16 ones as float32)."""
+    if to not in ("openai", "hf"):
+        raise ValueError(f"--to is openai or hf, not {to!r}")
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise ValueError(f"{out} is not a new or empty folder: choose another")
+    _, hparams, params = load_encoder_hparams_and_params(model_size, models_dir, model_dir)
+    source = model_dir if model_dir is not None else os.path.join(models_dir, model_size)
+    (save_hf_folder if to == "hf" else save_model_folder)(out, params, hparams, source)
 
 
 def checkpoint_tensors(params, hparams):

@@ -1,4 +1,6 @@
-"""Fixtures: small random-weight GPT-2 checkpoints in OpenAI's exact layout, written once per run."""
+"""Fixtures: small random-weight GPT-2 checkpoints in OpenAI's exact layout, and in Hugging Face's as transformers
+saves them, written once per run."""
+import math
 import os
 import sys
 
@@ -46,3 +48,70 @@ def tiny(tiny_models):
     from utils import load_encoder_hparams_and_params
 
     return load_encoder_hparams_and_params("124M", tiny_models)
+
+
+@pytest.fixture(scope="session")
+def hf_models(tmp_path_factory):
+    """hf_models(shape) -> {(kind, dtype): folder}: one random GPT-2 of that shape saved by transformers' own
+    save_pretrained as GPT2LMHeadModel (kind "lm": names with "transformer.") and as GPT2Model ("base": without),
+    in float32 and float16. The "lm" folders hold GPT-2's tokenizer as transformers 5 saves it (tokenizer.json
+    alone), the "base" ones GPT-2's vocab.json and merges.txt (as older versions and the Hub's folders). Written
+    once per test run."""
+    made = {}
+
+    def make(shape):
+        if shape not in made:
+            made[shape] = save_pretrained_folders(tmp_path_factory.mktemp(f"hf-{shape}"), shape)
+        return made[shape]
+
+    return make
+
+
+def save_pretrained_folders(root, shape):
+    """save_pretrained's folders of hf_models, under root."""
+    import shutil
+
+    import torch
+    from helpers import transformers
+    from vocab import vocab_dir
+
+    hf, hparams = transformers(), SHAPES[shape]
+    config = hf.GPT2Config(vocab_size=hparams["n_vocab"], n_positions=hparams["n_ctx"], n_embd=hparams["n_embd"],
+                           n_head=hparams["n_head"], n_layer=hparams["n_layer"])
+    torch.manual_seed(model_seed(shape))
+    model = hf.GPT2LMHeadModel(config).eval()
+    trained_looking(model)
+    vocab = root / "vocab"
+    vocab.mkdir()
+    for theirs, ours in (("encoder.json", "vocab.json"), ("vocab.bpe", "merges.txt")):
+        shutil.copyfile(os.path.join(vocab_dir(), theirs), vocab / ours)
+    tokenizer = hf.GPT2Tokenizer.from_pretrained(str(vocab))
+    folders = {}
+    for dtype in ("float32", "float16"):
+        model = model.to(getattr(torch, dtype))
+        for kind, saved in (("lm", model), ("base", model.transformer)):
+            folders[kind, dtype] = str(root / f"{kind}-{dtype}")
+            saved.save_pretrained(folders[kind, dtype])
+            if kind == "lm":
+                tokenizer.save_pretrained(folders[kind, dtype])
+            else:
+                shutil.copytree(vocab, folders[kind, dtype], dirs_exist_ok=True)
+    return folders
+
+
+def trained_looking(model):
+    """Redraw a transformers GPT-2's weights at the scales of checkpoints.py's random weights (fan-in scaled; c_proj
+    and the token embeddings large), so that its predictions depend on the context, as a trained model's do."""
+    import torch
+
+    n_embd = model.config.n_embd
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("wte.weight") or name.endswith("wpe.weight"):
+                p.normal_(0, (2.5 if "wte" in name else 0.5) / math.sqrt(n_embd))
+            elif ".ln_" in name and name.endswith("weight"):
+                p.normal_(1, 0.1)
+            elif name.endswith("bias"):
+                p.normal_(0, 0.02)
+            else:  # Conv1D [in, out]
+                p.normal_(0, (4 if "c_proj" in name else 1) / math.sqrt(p.shape[0]))

@@ -27,6 +27,9 @@ SHAPES = {
 # Reference texts
 
 PROMPT = "Alan Turing theorized that computers would one day become"
+# Texts whose token ids two tokenizers must agree on: spaces, tabs and newlines, accents, CJK, emoji, contractions.
+TOKENIZER_TEXTS = [PROMPT, "Hello world", " leading space, \ttabs\n\nand newlines  ", "naïve café, 東京, emoji 🤖, don't",
+                   "1234567 3.14159 $$$ ---> <html>"]
 # Dickens, A Tale of Two Cities (1859), public domain; repeated, so that the tiny model can learn it in a few steps.
 DICKENS = ("It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
            "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, "
@@ -112,10 +115,16 @@ def reference_greedy_text(model_dir, prompt, n):
     from encoder import get_encoder
 
     encoder = get_encoder(os.path.basename(model_dir), os.path.dirname(model_dir))
+    return greedy_text(lambda ids: reference_logits(model_dir, ids), encoder, prompt, n)
+
+
+def greedy_text(logits, encoder, prompt, n):
+    """The greedy continuation of prompt by a model given as logits(ids) -> [len(ids), n_vocab], stopping at
+    <|endoftext|>. An empty prompt starts from <|endoftext|> itself."""
     ids = encoder.encode(prompt) or [encoder.eot_id]
     start = len(ids)
     for _ in range(n):
-        token = int(np.argmax(reference_logits(model_dir, ids)[-1]))
+        token = int(np.argmax(logits(ids)[-1]))
         if token == encoder.eot_id:
             break
         ids.append(token)
@@ -201,3 +210,45 @@ def assert_same_gradients(function, ours, theirs, tolerance=GRADIENT_TOLERANCE):
     bad = {name: error for name, error in errors.items() if not error <= tolerance}
     assert not bad, f"{function}: " + ", ".join(f"d{name or 'x'} relative error {e:.1e} > {tolerance:.0e}"
                                                 for name, e in bad.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face's transformers, the reference for its format
+
+def transformers():
+    """transformers, imported never to reach Hugging Face's servers, quietly (no progress bars or warnings)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import transformers as hf
+
+    hf.utils.logging.disable_progress_bar()
+    return hf
+
+
+def torch_params(model):
+    """The weights of a transformers GPT2LMHeadModel or GPT2Model as torch holds them, read through its modules
+    (not through any file's names), as a float32 NumPy tree shaped like utils' params."""
+    body = getattr(model, "transformer", model)
+
+    def array(tensor):
+        return tensor.detach().float().numpy().copy()
+
+    def layer(module):
+        return {"w": array(module.weight), "b": array(module.bias)}
+
+    def norm(module):
+        return {"g": array(module.weight), "b": array(module.bias)}
+
+    blocks = [{"ln_1": norm(h.ln_1), "attn": {"c_attn": layer(h.attn.c_attn), "c_proj": layer(h.attn.c_proj)},
+               "ln_2": norm(h.ln_2), "mlp": {"c_fc": layer(h.mlp.c_fc), "c_proj": layer(h.mlp.c_proj)}}
+              for h in body.h]
+    return {"wte": array(body.wte.weight), "wpe": array(body.wpe.weight), "blocks": blocks, "ln_f": norm(body.ln_f)}
+
+
+def tensorflow_logits(params, ids, n_head):
+    """GPT-2's logits [len(ids), n_vocab] (float32) on a params tree, by the TensorFlow model of tf_reference.py."""
+    import tf_reference
+    from checkpoints import tensorflow
+
+    tensors, _ = tf_reference.to_tf(params, tensorflow().float32)
+    return tf_reference.logits(np.asarray(ids), **tensors, n_head=n_head).numpy()

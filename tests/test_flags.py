@@ -55,7 +55,8 @@ def test_every_flag_says_what_it_does_and_its_default():
 
 
 @pytest.mark.parametrize("program, section", [("gpt2.py", "## Quick start"),
-                                              ("train.py", "## Fine-tune on your own text")])
+                                              ("train.py", "## Fine-tune on your own text"),
+                                              ("utils.py", "## Hugging Face models")])
 def test_readme_table_agrees_with_help(program, section):
     help_, readme = help_flags(program), readme_flags(section)
     assert list(readme) == list(help_), "README's flag table and --help list different flags or orders"
