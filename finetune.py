@@ -94,7 +94,7 @@ def train_summary(run):
         return f"LoRA adapters of rank {run.flags['lora_rank']} on {run.flags['lora_targets']} ({n:,} numbers train)"
     if run.flags["train_blocks"]:
         blocks = run.flags["train_blocks"]
-        return f"the last {blocks} block{'s' if blocks > 1 else ''} ({n:,} numbers train)"
+        return f"the last {'block' if blocks == 1 else f'{blocks} blocks'} and ln_f ({n:,} numbers train)"
     return f"all {n:,} weights"
 
 

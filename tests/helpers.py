@@ -105,6 +105,19 @@ def assert_one_line_error(result, *fragments, code=1):
         assert fragment in last, last
 
 
+def log_rows(out):
+    """The rows of a run's log.csv, as {column: text}."""
+    with open(os.path.join(out, "log.csv"), encoding="utf-8") as f:
+        header, *rows = f.read().splitlines()
+    return [dict(zip(header.split(","), row.split(","))) for row in rows]
+
+
+def data_bytes(out):
+    """The bytes of the checkpoint's data file in a model folder."""
+    with open(os.path.join(out, "model.ckpt.data-00000-of-00001"), "rb") as f:
+        return f.read()
+
+
 # ---------------------------------------------------------------------------------------------
 # Against the references
 

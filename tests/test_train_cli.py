@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import store
-from helpers import DICKENS, assert_one_line_error, gpt2_cli, reference_greedy_text, start, tensorflow_arrays, train_cli
+from helpers import DICKENS, assert_one_line_error, data_bytes, gpt2_cli, log_rows, reference_greedy_text, start, \
+    tensorflow_arrays, train_cli
 from server import serve
 from utils import flatten, load_encoder_hparams_and_params
 
@@ -23,17 +24,6 @@ def text(tmp_path_factory):
     path = tmp_path_factory.mktemp("text") / "dickens.txt"
     path.write_text(DICKENS * 12, encoding="utf-8")
     return str(path)
-
-
-def log_rows(out):
-    with open(os.path.join(out, "log.csv"), encoding="utf-8") as f:
-        header, *rows = f.read().splitlines()
-    return [dict(zip(header.split(","), row.split(","))) for row in rows]
-
-
-def data_bytes(out):
-    with open(os.path.join(out, "model.ckpt.data-00000-of-00001"), "rb") as f:
-        return f.read()
 
 
 def test_download_fine_tune_and_generate_from_the_result(tiny_models, text, tmp_path):
