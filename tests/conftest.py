@@ -13,7 +13,7 @@ settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
-from helpers import ROOT, SHAPES, model_seed  # noqa: E402
+from helpers import DICKENS, ROOT, SHAPES, model_seed  # noqa: E402
 
 sys.path.insert(0, ROOT)  # gpt2.py, encoder.py, utils.py live at the top level
 
@@ -115,3 +115,11 @@ def trained_looking(model):
                 p.normal_(0, 0.02)
             else:  # Conv1D [in, out]
                 p.normal_(0, (4 if "c_proj" in name else 1) / math.sqrt(p.shape[0]))
+
+
+@pytest.fixture(scope="session")
+def dickens(tmp_path_factory):
+    """A text file a tiny model learns in a few steps: Dickens's first paragraph, 12 times."""
+    path = tmp_path_factory.mktemp("text") / "dickens.txt"
+    path.write_text(DICKENS * 12, encoding="utf-8")
+    return str(path)

@@ -94,6 +94,19 @@ def train_cli(*args, **kwargs):
     return run("train.py", *args, **kwargs)
 
 
+def straight_and_resumed(start_args, data, folder, steps):
+    """A run of `steps` steps in one go, into folder/straight, and the same run stopped at steps // 2 and taken on
+    with --resume (given --data alone again), into folder/resumed: the three runs, each checked to pass.
+    start_args: the run's flags but --data, --out and --steps (its starting model among them)."""
+    half = str(steps // 2)
+    runs = [train_cli("--data", data, *start_args, "--out", str(folder / "straight"), "--steps", str(steps)),
+            train_cli("--data", data, *start_args, "--out", str(folder / "resumed"), "--steps", half),
+            train_cli("--data", data, "--out", str(folder / "resumed"), "--steps", str(steps), "--resume")]
+    for result in runs:
+        assert result.returncode == 0, result.stderr
+    return runs
+
+
 def assert_one_line_error(result, *fragments, code=1):
     """Exit code 1, nothing on stdout, and a last stderr line "error: ..." holding each fragment."""
     assert result.returncode == code, (result.returncode, result.stderr)

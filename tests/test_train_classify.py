@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from helpers import assert_one_line_error, data_bytes, log_rows, tensorflow_arrays, train_cli
+from helpers import assert_one_line_error, data_bytes, log_rows, straight_and_resumed, tensorflow_arrays, train_cli
 from utils import flatten, load_encoder_hparams_and_params
 
 WORDS = "the a film story plot actor scene music day night city river old new long short".split()
@@ -63,14 +63,7 @@ def test_a_classifier_learns_a_keyword_and_saves_its_head(model, labeled, tmp_pa
 
 
 def test_a_classifier_resumes_bit_for_bit(model, labeled, tmp_path):
-    args = ("--data", labeled, "--eval_every", "0", *FAST)
-    straight = train_cli(*args, "--model_dir", model, "--out", str(tmp_path / "straight"), "--steps", "6",
-                         "--lm_weight", "0.5")
-    first = train_cli(*args, "--model_dir", model, "--out", str(tmp_path / "resumed"), "--steps", "3",
-                      "--lm_weight", "0.5")
-    second = train_cli(*args, "--out", str(tmp_path / "resumed"), "--steps", "6", "--resume")
-    for result in (straight, first, second):
-        assert result.returncode == 0, result.stderr
+    straight_and_resumed(("--model_dir", model, "--eval_every", "0", "--lm_weight", "0.5", *FAST), labeled, tmp_path, 6)
     assert data_bytes(tmp_path / "straight") == data_bytes(tmp_path / "resumed")
     assert (tmp_path / "straight" / "head.npz").read_bytes() == (tmp_path / "resumed" / "head.npz").read_bytes()
     with np.load(tmp_path / "resumed" / "train_state.npz") as state:

@@ -10,7 +10,7 @@ import pytest
 
 import store
 from helpers import DICKENS, assert_one_line_error, data_bytes, gpt2_cli, log_rows, reference_greedy_text, start, \
-    tensorflow_arrays, train_cli
+    straight_and_resumed, tensorflow_arrays, train_cli
 from server import serve
 from utils import flatten, load_encoder_hparams_and_params
 
@@ -19,11 +19,9 @@ OPENAI_LAYOUT = ("checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-
 FAST = ("--seq_len", "32", "--batch_size", "4", "--lr", "3e-3", "--warmup", "2", "--sample_every", "0")
 
 
-@pytest.fixture(scope="module")
-def text(tmp_path_factory):
-    path = tmp_path_factory.mktemp("text") / "dickens.txt"
-    path.write_text(DICKENS * 12, encoding="utf-8")
-    return str(path)
+@pytest.fixture
+def text(dickens):
+    return dickens
 
 
 def test_download_fine_tune_and_generate_from_the_result(tiny_models, text, tmp_path):
@@ -57,11 +55,7 @@ def test_download_fine_tune_and_generate_from_the_result(tiny_models, text, tmp_
 
 def test_resume_gives_the_same_bits_as_one_run(tiny_models, text, tmp_path):
     model = ("--model_dir", os.path.join(tiny_models, "124M"))
-    straight = train_cli("--data", text, *model, "--out", str(tmp_path / "straight"), "--steps", "10", *FAST)
-    first = train_cli("--data", text, *model, "--out", str(tmp_path / "resumed"), "--steps", "5", *FAST)
-    second = train_cli("--data", text, "--out", str(tmp_path / "resumed"), "--steps", "10", "--resume")
-    for result in (straight, first, second):
-        assert result.returncode == 0, result.stderr
+    straight_and_resumed((*model, *FAST), text, tmp_path, 10)
     assert data_bytes(tmp_path / "straight") == data_bytes(tmp_path / "resumed")
     with np.load(tmp_path / "straight" / "train_state.npz") as a, np.load(tmp_path / "resumed" / "train_state.npz") as b:
         assert sorted(a.files) == sorted(b.files)
@@ -249,14 +243,10 @@ def literal_cosine(step):
 
 
 def test_cosine_schedule_follows_its_formula_and_resumes_exactly(tiny_models, text, tmp_path):
-    args = ("--data", text, "--model_dir", os.path.join(tiny_models, "124M"), "--seq_len", "32", "--lr", "1e-3",
-            "--warmup", "2", "--lr_schedule", "cosine", "--min_lr", "1e-4", "--decay_steps", "6", "--sample_every",
-            "0", "--eval_every", "0")
-    straight = train_cli(*args, "--out", str(tmp_path / "straight"), "--steps", "8")
-    first = train_cli(*args, "--out", str(tmp_path / "resumed"), "--steps", "4")
-    second = train_cli("--data", text, "--out", str(tmp_path / "resumed"), "--steps", "8", "--resume")
-    for result in (straight, first, second):
-        assert result.returncode == 0, result.stderr
+    args = ("--model_dir", os.path.join(tiny_models, "124M"), "--seq_len", "32", "--lr", "1e-3", "--warmup", "2",
+            "--lr_schedule", "cosine", "--min_lr", "1e-4", "--decay_steps", "6", "--sample_every", "0",
+            "--eval_every", "0")
+    straight_and_resumed(args, text, tmp_path, 8)
     for out in ("straight", "resumed"):
         rates = [float(row["lr"]) for row in log_rows(tmp_path / out) if row["lr"]]
         np.testing.assert_allclose(rates, [literal_cosine(step) for step in range(1, 9)], rtol=1e-5)  # 6 digits

@@ -10,16 +10,10 @@ import pytest
 
 import store
 from checkpoints import write_model
-from helpers import DICKENS, SHAPES, assert_one_line_error, data_bytes, start, tensorflow_arrays, train_cli
+from helpers import SHAPES, assert_one_line_error, data_bytes, start, straight_and_resumed, tensorflow_arrays, \
+    train_cli
 
 FAST = ("--seq_len", "32", "--lr", "1e-2", "--warmup", "0", "--sample_every", "0", "--eval_every", "0")
-
-
-@pytest.fixture(scope="module")
-def text(tmp_path_factory):
-    path = tmp_path_factory.mktemp("text") / "dickens.txt"
-    path.write_text(DICKENS * 12, encoding="utf-8")
-    return str(path)
 
 
 @pytest.fixture
@@ -28,12 +22,12 @@ def model(tiny_models, tmp_path):
     return str(shutil.copytree(os.path.join(tiny_models, "124M"), tmp_path / "start"))
 
 
-def test_lora_saves_the_merged_weights_and_the_adapters(model, text, tmp_path):
+def test_lora_saves_the_merged_weights_and_the_adapters(model, dickens, tmp_path):
     """The checkpoint TensorFlow reads holds W + (alpha / r) A B, computed in float64 and rounded once, for each
     adapted weight (from adapters.npz and the starting model as TensorFlow reads it), and every other tensor as
     the starting model has it, bit for bit."""
     out = str(tmp_path / "run")
-    result = train_cli("--data", text, "--model_dir", model, "--out", out, "--steps", "4", "--lora_rank", "4",
+    result = train_cli("--data", dickens, "--model_dir", model, "--out", out, "--steps", "4", "--lora_rank", "4",
                        "--lora_alpha", "8", "--lora_targets", "c_attn,mlp.c_proj", *FAST)
     assert result.returncode == 0, result.stderr
     assert "LoRA adapters of rank 4 on c_attn,mlp.c_proj" in result.stderr
@@ -52,22 +46,17 @@ def test_lora_saves_the_merged_weights_and_the_adapters(model, text, tmp_path):
         assert np.array_equal(saved[name], base[name]), name
 
 
-def test_lora_resumes_bit_for_bit_and_refuses_a_changed_starting_model(model, text, tmp_path):
-    args = ("--data", text, "--lora_rank", "4", *FAST)
-    straight = train_cli(*args, "--model_dir", model, "--out", str(tmp_path / "straight"), "--steps", "6")
-    first = train_cli(*args, "--model_dir", model, "--out", str(tmp_path / "resumed"), "--steps", "3")
-    second = train_cli("--data", text, "--out", str(tmp_path / "resumed"), "--steps", "6", "--resume")
-    for result in (straight, first, second):
-        assert result.returncode == 0, result.stderr
+def test_lora_resumes_bit_for_bit_and_refuses_a_changed_starting_model(model, dickens, tmp_path):
+    straight_and_resumed(("--model_dir", model, "--lora_rank", "4", *FAST), dickens, tmp_path, 6)
     assert data_bytes(tmp_path / "straight") == data_bytes(tmp_path / "resumed")
     assert (tmp_path / "straight" / "adapters.npz").read_bytes() == (tmp_path / "resumed" / "adapters.npz").read_bytes()
     write_model(model, SHAPES["tiny"], seed=99)  # the starting model is not what it was
-    result = train_cli("--data", text, "--out", str(tmp_path / "resumed"), "--steps", "8", "--resume")
+    result = train_cli("--data", dickens, "--out", str(tmp_path / "resumed"), "--steps", "8", "--resume")
     assert_one_line_error(result, f"trains part of {model}, whose checkpoint has changed since the run began")
 
 
-def test_lora_killed_while_saving_resumes_bit_for_bit(model, text, tmp_path):
-    args = ("--data", text, "--model_dir", model, "--steps", "20", "--save_every", "1", "--lora_rank", "4", *FAST)
+def test_lora_killed_while_saving_resumes_bit_for_bit(model, dickens, tmp_path):
+    args = ("--data", dickens, "--model_dir", model, "--steps", "20", "--save_every", "1", "--lora_rank", "4", *FAST)
     assert train_cli(*args, "--out", str(tmp_path / "straight")).returncode == 0
     out = str(tmp_path / "killed")
     process = start("train.py", *args, "--out", out)
@@ -84,13 +73,8 @@ def test_lora_killed_while_saving_resumes_bit_for_bit(model, text, tmp_path):
     assert data_bytes(tmp_path / "straight") == data_bytes(out)
 
 
-def test_train_blocks_trains_the_last_blocks_alone_and_resumes_bit_for_bit(model, text, tmp_path):
-    args = ("--data", text, "--train_blocks", "1", *FAST)
-    straight = train_cli(*args, "--model_dir", model, "--out", str(tmp_path / "straight"), "--steps", "4")
-    first = train_cli(*args, "--model_dir", model, "--out", str(tmp_path / "resumed"), "--steps", "2")
-    second = train_cli("--data", text, "--out", str(tmp_path / "resumed"), "--steps", "4", "--resume")
-    for result in (straight, first, second):
-        assert result.returncode == 0, result.stderr
+def test_train_blocks_trains_the_last_blocks_alone_and_resumes_bit_for_bit(model, dickens, tmp_path):
+    straight, _, _ = straight_and_resumed(("--model_dir", model, "--train_blocks", "1", *FAST), dickens, tmp_path, 4)
     assert "the last block and ln_f (" in straight.stderr
     assert data_bytes(tmp_path / "straight") == data_bytes(tmp_path / "resumed")
     saved, base = tensorflow_arrays(tmp_path / "straight"), tensorflow_arrays(model)
@@ -113,7 +97,7 @@ def test_train_blocks_trains_the_last_blocks_alone_and_resumes_bit_for_bit(model
     (["--train_blocks", "0"], "--train_blocks must be a whole number >= 1"),
     (["--train_blocks", "3"], "--train_blocks 3 is more than the model's 2 blocks"),
 ])
-def test_bad_flags_are_one_line_errors(model, text, tmp_path, args, fragment):
-    result = train_cli("--data", text, "--model_dir", model, "--out", str(tmp_path / "run"), *args, *FAST)
+def test_bad_flags_are_one_line_errors(model, dickens, tmp_path, args, fragment):
+    result = train_cli("--data", dickens, "--model_dir", model, "--out", str(tmp_path / "run"), *args, *FAST)
     assert_one_line_error(result, fragment)
     assert not (tmp_path / "run").exists()
