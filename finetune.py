@@ -74,10 +74,13 @@ def fine_tune(flags, given):
     """python train.py: a new run, or with --resume the one --out holds, trained up to --steps.
     flags: every flag of train.py; given: the names of those the user gave."""
     run = start_run(flags, given)
-    what = "tokens" if run.classes is None else f"texts of {len(run.classes)} classes"
-    print(f"fine-tuning {run.record['start']['model']} on {len(run.train_data[0] if run.classes else run.train_data):,} "
-          f"{what} of {flags['data']} ({len(run.val_data[0] if run.classes else run.val_data)} for validation), "
-          f"{train_summary(run)}, from step {run.step} to {run.flags['steps']}, saving to {run.out}", file=sys.stderr)
+    if run.classes is None:
+        data = f"{len(run.train_data):,} tokens of {flags['data']} ({len(run.val_data)} validation windows)"
+    else:
+        data = (f"{len(run.train_data[1]):,} texts of {len(run.classes)} classes of {flags['data']} "
+                f"({len(run.val_data[1])} for validation)")
+    print(f"fine-tuning {run.record['start']['model']} on {data}, {train_summary(run)}, from step {run.step} to "
+          f"{run.flags['steps']}, saving to {run.out}", file=sys.stderr)
     if not run.can_plot:
         print("note: matplotlib is not installed, so there is no loss.png (log.csv has the losses)", file=sys.stderr)
     train_loop(run)
