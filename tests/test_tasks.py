@@ -47,7 +47,8 @@ def test_json_lines_with_blank_lines_and_labels_of_any_kind(tmp_path):
 
 
 @pytest.mark.parametrize("name, text, message", [
-    ("a.csv", "text,score\nfine,1\n", "--data a.csv: its first row must name text and label columns (it is 'text,score')"),
+    ("a.csv", "text,score\nfine,1\n", "--data a.csv: its first row must name text and label columns (it is "
+                                      "'text,score')"),
     ("a.csv", "Just some prose, not a table.\n", "its first row must name text and label columns"),
     ("a.csv", "", "its first row must name text and label columns (it is '')"),
     ("a.csv", "text,label\n", "--data a.csv holds no labeled texts"),
