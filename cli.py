@@ -406,15 +406,15 @@ def read_shots(path, k, choices):
 
 def choice_prompts(flags, rows, choices):
     """[(line or None, prompt, label or None)]: each text (or the prompt given alone) in --template, after --shots
-    examples drawn for it from --shots_from, the draws seeded by --seed. \\n in --template, and in a prompt given
-    alone, is a newline (a shell makes a real one awkward to type)."""
+    examples drawn for it from --shots_from (never the text itself), the draws seeded by --seed. \\n in --template,
+    and in a prompt given alone, is a newline (a shell makes a real one awkward to type)."""
     template = (flags["template"] or "{text}").replace("\\n", "\n")
     shots = read_shots(flags["shots_from"], flags["shots"], choices) if flags["shots"] else []
     rng = np.random.default_rng(0 if flags["seed"] is None else flags["seed"])
     if rows is None:
         rows = [(None, flags["prompt"].replace("\\n", "\n"), None)]
-    return [(line, tasks.few_shot_prompt(template, tasks.draw_shots(shots, flags["shots"], rng) if shots else [], text),
-             label) for line, text, label in rows]
+    return [(line, tasks.few_shot_prompt(template, tasks.draw_shots(shots, flags["shots"], rng, text) if shots else [],
+                                         text), label) for line, text, label in rows]
 
 
 def choice_ids(prompts, choices, encoder, n_ctx, shots):

@@ -201,9 +201,14 @@ def few_shot_prompt(template, examples, text):
     return shots + fill(template, text)
 
 
-def draw_shots(examples, k, rng):
-    """k of the examples (text, label), drawn without replacement, in the order drawn."""
-    return [examples[i] for i in rng.choice(len(examples), k, replace=False)]
+def draw_shots(examples, k, rng, asked=None):
+    """k of the examples (text, label), drawn without replacement, in the order drawn; never one whose text is the
+    one asked about (when the examples come from its own file, as lm-evaluation-harness leaves it out too)."""
+    pool = [example for example in examples if example[0] != asked]
+    if k > len(pool):
+        raise ValueError(f"{k} examples are asked for and there are {len(pool)} to draw from (the text asked about "
+                         "is never one of them)")
+    return [pool[i] for i in rng.choice(len(pool), k, replace=False)]
 
 
 def continuation_ids(encoder, context, choices):

@@ -130,3 +130,20 @@ def test_labels_shots_and_lengths_that_do_not_fit_are_one_line(model, tmp_path, 
     choices = [] if "--choices" in args else ["--choices", "positive|negative"]
     result = run("--model_dir", model[0], "--prompt_file", test, *choices, "--template", "{text}:", *shots, *args)
     assert_one_line_error(result, message)
+
+
+def test_shots_from_the_file_itself_never_show_a_text_its_own_answer(model, tmp_path):
+    """Three rows, two shots each, drawn from the same file: each row's examples are the other two rows."""
+    model_dir, encoder = model
+    test = write_csv(tmp_path / "test.csv", TEST_ROWS)
+    result = run("--model_dir", model_dir, "--prompt_file", test, "--choices", "positive|negative", "--template",
+                 "{text}:", "--shots", "2", "--shots_from", test)
+    assert result.returncode == 0, result.stderr
+    rng = np.random.default_rng(0)  # --seed not given: 0
+    for row, (text, _) in zip(result.stdout.splitlines(), TEST_ROWS):
+        others = [(t, label) for t, label in TEST_ROWS if t != text]
+        shots = [others[i] for i in rng.choice(2, 2, replace=False)]
+        prompt = "".join(f"{t}: {label}\n\n" for t, label in shots) + f"{text}:"
+        scores = reference_scores(model_dir, encoder, prompt, ["positive", "negative"])
+        assert row.split("\t")[1:] == [["positive", "negative"][int(np.argmax([s[k] for s in scores]))]
+                                       for k in (0, 1)]

@@ -186,6 +186,10 @@ def test_shots_are_drawn_without_replacement_and_seeded():
     assert len(set(first)) == 4 and set(first) <= set(examples)
     assert tasks.draw_shots(examples, 4, np.random.default_rng(1)) == first
     assert tasks.draw_shots(examples, 4, np.random.default_rng(2)) != first
+    for seed in range(20):  # drawn from its own file, a text is never its own example
+        assert ("text 3", "pos") not in tasks.draw_shots(examples, 9, np.random.default_rng(seed), "text 3")
+    with pytest.raises(ValueError, match="10 examples are asked for and there are 9 to draw from"):
+        tasks.draw_shots(examples, 10, np.random.default_rng(0), "text 3")
 
 
 def lm_eval_pair(encoder, context, choice):
