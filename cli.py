@@ -18,12 +18,15 @@ import sys
 import numpy as np
 
 import gpt2
+import tasks
 from gpt2 import EOT
 from texts import lines_of, read_text
 
-GPT2_TEXT_FLAGS = ("prompt", "model_size", "models_dir", "model_dir", "prompt_file")  # taken verbatim, never as numbers
+GPT2_TEXT_FLAGS = ("prompt", "model_size", "models_dir", "model_dir", "prompt_file", "choices", "template",
+                   "shots_from")  # taken verbatim, never as numbers
 TOKEN_LINES = 256  # --score prints a line per token up to this many tokens, and beyond it only with --tokens
 GENERATION_FLAGS = ("n_tokens_to_generate", "temperature", "top_k", "top_p", "seed", "ignore_eos", "n_samples")
+CHOICE_FLAGS = ("template", "shots", "shots_from")  # they shape --choices' prompts
 # Flags users bring from OpenAI's sample scripts, nanoGPT and Hugging Face, and what they are called here
 OTHER_NAMES = {"learning_rate": "lr", "max_iters": "steps", "max_steps": "steps", "block_size": "seq_len",
                "max_length": "n_tokens_to_generate", "length": "n_tokens_to_generate", "nsamples": "n_samples",
@@ -161,19 +164,22 @@ def check_n_tokens(n_tokens_to_generate):
 
 def check_gpt2_flags(flags):
     """Every flag of gpt2_main, before the model is loaded."""
-    check_switches(flags, ("ignore_eos", "score", "tokens", "each_line"))
+    check_switches(flags, ("ignore_eos", "score", "tokens", "each_line", "classify"))
     check_prompt_source(flags["prompt"], flags["prompt_file"])
     check_n_tokens(flags["n_tokens_to_generate"])
     gpt2.check_sampling(*(flags[name] for name in ("n_tokens_to_generate", "temperature", "top_k", "top_p", "seed")),
                         flag="--")
-    if flags["each_line"] and not (flags["score"] and flags["prompt_file"] is not None):
-        raise ValueError("--each_line goes with --score and --prompt_file: it scores each line of the file")
+    reads_texts = flags["score"] or flags["classify"] or flags["choices"] is not None
+    if flags["each_line"] and not (reads_texts and flags["prompt_file"] is not None):
+        raise ValueError("--each_line goes with --prompt_file and --score, --classify or --choices: it takes each "
+                         "line of the file as a text")
     if flags["each_line"] and flags["tokens"]:
         raise ValueError("--each_line prints a row per line, not per token: leave out --tokens")
     given = given_flags(gpt2_main, flags)
     if flags["model_dir"] is not None:
         refuse([name for name in given if name in ("model_size", "models_dir")], ("does not go", "do not go"),
                "with --model_dir, which names the model folder itself")
+    check_task_flags(flags, given)
     if flags["score"]:
         refuse([name for name in given if name in GENERATION_FLAGS], ("is", "are"),
                "for generating; --score reads the prompt only")
@@ -183,6 +189,46 @@ def check_gpt2_flags(flags):
         gpt2.check_n_samples(flags["n_samples"], flags["temperature"], flag="--")
     if flags["stride"] is not None:
         gpt2.check_stride(flags["stride"], flag="--")
+
+
+def check_task_flags(flags, given):
+    """--classify and --choices: each alone, without --score or generation flags (--seed goes with --shots), and
+    --choices' own flags with it alone."""
+    refuse([name for name in ("classify", "score") if name in given and flags["choices"] is not None],
+           ("does not go", "do not go"), "with --choices, which chooses by the language model's likelihood")
+    refuse(["score"] if flags["classify"] and flags["score"] else [], ("does not go",) * 2,
+           "with --classify, which gives a trained head's class probabilities")
+    if flags["choices"] is None:
+        refuse([name for name in given if name in CHOICE_FLAGS], ("goes", "go"), "with --choices")
+    else:
+        split_choices(flags["choices"])
+        gpt2.check_whole(flags["shots"], "--shots", 0)
+        if flags["template"] is not None and "{text}" not in flags["template"]:
+            raise ValueError(f"--template {flags['template']!r} has no {{text}}: write where each text goes, e.g. "
+                             '"Review: {text}\\nSentiment:"')
+        if (flags["shots"] > 0) != (flags["shots_from"] is not None):
+            raise ValueError("--shots K and --shots_from FILE go together: K examples drawn from the labeled file")
+    task = "classify" if flags["classify"] else "choices" if flags["choices"] is not None else None
+    if task:
+        shots = task == "choices" and flags["shots"] > 0
+        refuse([name for name in given if name in GENERATION_FLAGS and not (name == "seed" and shots)], ("is", "are"),
+               f"for generating; --{task} reads the prompt only" + ("" if task == "classify" else
+                                                                    " (--seed goes with --shots)"))
+
+
+def split_choices(choices):
+    """--choices "positive|negative" as ["positive", "negative"], each without spaces at its ends."""
+    if not isinstance(choices, str):
+        raise ValueError(f"--choices must be two or more choices separated by |, e.g. \"positive|negative\", "
+                         f"not {choices!r}")
+    parts = [part.strip() for part in choices.split("|")]
+    if "" in parts or len(parts) < 2:
+        raise ValueError(f"--choices {choices!r} has {'an empty choice' if '' in parts else 'one choice'}: give "
+                         'two or more, each non-empty, separated by |, e.g. "positive|negative"')
+    twice = [part for i, part in enumerate(parts) if part in parts[:i]]
+    if twice:
+        raise ValueError(f"--choices names {twice[0]!r} twice: give each choice once")
+    return parts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,19 +305,209 @@ def print_line_scores(text, encoder, params, n_head, stride=None):
 
 
 # ---------------------------------------------------------------------------------------------
+# Tasks: --classify with a trained head, --choices by likelihood
+
+def task_rows(flags, verb):
+    """[(line, text, label or None)] of --prompt_file: a labeled file (tasks.read_labeled, the label column
+    optional) or, with --each_line, each non-empty line a text. None when the prompt was given alone."""
+    if flags["prompt_file"] is None:
+        return None
+    if not flags["each_line"]:
+        return [(line, text, label or None)
+                for line, text, label in tasks.read_labeled(flags["prompt_file"], "--prompt_file", need_labels=False)]
+    rows = [(number, line, None) for number, line in lines_of(read_text(flags["prompt_file"], "--prompt_file"))
+            if line.strip()]
+    if not rows:
+        raise ValueError(f"there is nothing to {verb}: every line of --prompt_file {flags['prompt_file']} is empty")
+    return rows
+
+
+def last_tokens(texts, n_ctx, lines=None):
+    """Each text's last n_ctx token ids (a classifier trained with --seq_len reads the same end of a long text),
+    saying on stderr how many were cut, and from which lines of the file."""
+    cut = [(i, len(ids) - n_ctx) for i, ids in enumerate(texts) if len(ids) > n_ctx]
+    if cut:
+        s = "s" if len(cut) > 1 else ""
+        where = "the text" if lines is None else (f"{len(cut)} text{s} (line{s} "
+                                                  + ", ".join(str(lines[i]) for i, _ in cut[:5])
+                                                  + (", ..." if len(cut) > 5 else "") + ")")
+        print(f"{where}: longer than the model's context, so only the last {n_ctx} tokens are read "
+              f"({'up to ' if len(cut) > 1 else ''}{max(n for _, n in cut)} cut from the start)", file=sys.stderr)
+    return [ids[-n_ctx:] for ids in texts]
+
+
+def print_classes(probs, classes):
+    """A line per class, likeliest first: its label, a tab, its probability."""
+    for i in np.argsort(-probs, kind="stable"):
+        print(f"{classes[i]}\t{probs[i]:.4f}")
+    return dict(zip(classes, probs.tolist()))
+
+
+def print_classified(rows, probs, classes):
+    """A row per text (line, predicted label, its probability); then, where the file has labels, tasks.report's
+    accuracy and confusion matrix over the rows whose label is one of the head's classes."""
+    predicted = probs.argmax(axis=1)
+    for (line, _, _), i, p in zip(rows, predicted, probs):
+        print(f"{line}\t{classes[i]}\t{p[i]:.4f}")
+    labeled = [(row, label) for row, (_, _, label) in enumerate(rows) if label is not None]
+    known = [(row, classes.index(label)) for row, label in labeled if label in classes]
+    if len(known) < len(labeled):
+        unknown = sorted({label for _, label in labeled if label not in classes})
+        n = len(labeled) - len(known)
+        print(f"{n} row{' has a label' if n == 1 else 's have labels'} the head does not know "
+              f"({', '.join(map(repr, unknown))}; its classes: {', '.join(map(repr, classes))}): the scores count "
+              f"the other {len(known)}", file=sys.stderr)
+    if known:
+        truth, guessed = np.array([t for _, t in known]), predicted[[r for r, _ in known]]
+        print()
+        print(tasks.report(tasks.confusion_matrix(truth, guessed, len(classes)), classes))
+    return [classes[i] for i in predicted]
+
+
+def classify_texts(flags, folder, rows):
+    """gpt2.py --classify: the head read (before any download), the model loaded, each text's classes printed."""
+    from utils import load_encoder_hparams_and_params
+
+    w, classes = tasks.read_head(folder)
+    encoder, hparams, params = load_encoder_hparams_and_params(flags["model_size"], flags["models_dir"],
+                                                               flags["model_dir"])
+    w = tasks.fit_head(w, hparams["n_embd"], folder)
+    texts = [flags["prompt"]] if rows is None else [text for _, text, _ in rows]
+    ids = last_tokens([encoder.encode(text) for text in texts], hparams["n_ctx"],
+                      None if rows is None else [line for line, _, _ in rows])
+    probs = gpt2.classify(ids, params, w, hparams["n_head"], progress=progress_bar("classifying", "batch", least=2))
+    return print_classes(probs[0], classes) if rows is None else print_classified(rows, probs, classes)
+
+
+def check_choice_labels(rows, choices, path):
+    """A labeled --prompt_file's labels are the choices: a label that is no choice could never be chosen, and a
+    choice that is no label is most likely mistyped."""
+    labels = {label for _, _, label in rows if label is not None}
+    for line, _, label in rows:
+        if label is not None and label not in choices:
+            raise ValueError(f"--prompt_file {path}, line {line}: the label {label!r} is not one of --choices "
+                             f"({'|'.join(choices)}): give the file's labels as the choices")
+    missing = [choice for choice in choices if labels and choice not in labels]
+    if missing:
+        raise ValueError(f"--choices {missing[0]!r} is not a label of --prompt_file {path} (its labels: "
+                         f"{'|'.join(sorted(labels))}): give the file's labels as the choices")
+
+
+def read_shots(path, k, choices):
+    """The (text, label) examples of --shots_from, k at least, each answered by one of the choices."""
+    rows = tasks.read_labeled(path, "--shots_from")
+    for line, _, label in rows:
+        if label not in choices:
+            raise ValueError(f"--shots_from {path}, line {line}: the label {label!r} is not one of --choices "
+                             f"({'|'.join(choices)}): an example must answer with a choice")
+    if len(rows) < k:
+        raise ValueError(f"--shots {k} asks for more examples than --shots_from {path} holds ({len(rows)})")
+    return [(text, label) for _, text, label in rows]
+
+
+def choice_prompts(flags, rows, choices):
+    """[(line or None, prompt, label or None)]: each text (or the prompt given alone) in --template, after --shots
+    examples drawn for it from --shots_from (never the text itself), the draws seeded by --seed. \\n in --template,
+    and in a prompt given alone, is a newline (a shell makes a real one awkward to type)."""
+    template = (flags["template"] or "{text}").replace("\\n", "\n")
+    shots = read_shots(flags["shots_from"], flags["shots"], choices) if flags["shots"] else []
+    rng = np.random.default_rng(0 if flags["seed"] is None else flags["seed"])
+    if rows is None:
+        rows = [(None, flags["prompt"].replace("\\n", "\n"), None)]
+    return [(line, tasks.few_shot_prompt(template, tasks.draw_shots(shots, flags["shots"], rng, text) if shots else [],
+                                         text), label) for line, text, label in rows]
+
+
+def choice_ids(prompts, choices, encoder, n_ctx, shots):
+    """Each prompt's (context ids, [each choice's ids]) as tasks.continuation_ids tokenizes them; a prompt and a
+    choice that do not fit the context together are an error naming the row."""
+    ids = []
+    for line, prompt, _ in prompts:
+        context, continuations = tasks.continuation_ids(encoder, prompt, choices)
+        for choice, continuation in zip(choices, continuations):
+            if len(context) + len(continuation) - 1 > n_ctx:  # the model is fed all but the choice's last token
+                where = "the prompt" if line is None else f"line {line}: the prompt"
+                raise ValueError(f"{where} ({len(context)} tokens) and the choice {choice!r} ({len(continuation)}) do "
+                                 f"not fit the model's context of {n_ctx} tokens: shorten the text or the template"
+                                 + (" or give fewer --shots" if shots else ""))
+        ids.append((context, continuations))
+    return ids
+
+
+def choice_scores(context, continuations, choices, params, n_head):  # -> totals, per_char: [n_choices] each
+    """Each choice's total log-probability after the context, and that divided by the choice's length in
+    characters (lm-evaluation-harness's acc_norm: a long choice is not penalized for its many tokens)."""
+    totals = np.array([log_probs.sum() for log_probs in gpt2.score_choices(context, continuations, params, n_head)])
+    return totals, totals / np.array([len(choice) for choice in choices])
+
+
+def print_choices(totals, per_char, choices):
+    """A line per choice, likeliest first: the choice, its total log-probability, its log-probability per
+    character, tab-separated."""
+    for i in np.argsort(-totals, kind="stable"):
+        print(f"{choices[i]}\t{totals[i]:.4f}\t{per_char[i]:.4f}")
+    return {choice: (float(total), float(norm)) for choice, total, norm in zip(choices, totals, per_char)}
+
+
+def print_chosen(prompts, scores, choices):
+    """A row per text (line, the choice by total, the choice by per-character log-probability); then, over the
+    labeled rows, acc and acc_norm: how often each is the label."""
+    chosen = [(int(np.argmax(totals)), int(np.argmax(per_char))) for totals, per_char in scores]
+    for (line, _, _), (by_total, by_char) in zip(prompts, chosen):
+        print(f"{line}\t{choices[by_total]}\t{choices[by_char]}")
+    labeled = [(choices.index(label), pair) for (_, _, label), pair in zip(prompts, chosen) if label is not None]
+    for name, k in (("acc", 0), ("acc_norm", 1)):
+        if labeled:
+            right = sum(truth == pair[k] for truth, pair in labeled)
+            print(f"{name} {right / len(labeled):.4f} ({right} of {len(labeled)})")
+    return [(choices[i], choices[j]) for i, j in chosen]
+
+
+def answer_choices(flags, rows):
+    """gpt2.py --choices: labels, template and shots checked, the model loaded, each row's choices scored in one
+    batch after its prompt (gpt2.score_choices), and printed."""
+    from utils import load_encoder_hparams_and_params
+
+    choices = split_choices(flags["choices"])
+    if rows is not None:
+        check_choice_labels(rows, choices, flags["prompt_file"])
+    prompts = choice_prompts(flags, rows, choices)
+    encoder, hparams, params = load_encoder_hparams_and_params(flags["model_size"], flags["models_dir"],
+                                                               flags["model_dir"])
+    ids = choice_ids(prompts, choices, encoder, hparams["n_ctx"], flags["shots"])
+    scores = [choice_scores(context, continuations, choices, params, hparams["n_head"])
+              for context, continuations in progress_bar("choosing", "text", least=2)(ids)]
+    return print_choices(*scores[0], choices) if rows is None else print_chosen(prompts, scores, choices)
+
+
+def run_task(flags):
+    """gpt2.py --classify or --choices, its texts read and checked before the model is loaded."""
+    rows = task_rows(flags, "classify" if flags["classify"] else "choose for")
+    if not flags["classify"]:
+        return answer_choices(flags, rows)
+    if rows is None and not flags["prompt"]:
+        raise ValueError("there is nothing to classify: give a text")
+    return classify_texts(flags, flags["model_dir"] or os.path.join(flags["models_dir"], flags["model_size"]), rows)
+
+
+# ---------------------------------------------------------------------------------------------
 # The commands
 
 def gpt2_main(prompt=None, n_tokens_to_generate=40, model_size="124M", models_dir="models", model_dir=None,
               temperature=0.0, top_k=None, top_p=None, seed=None, ignore_eos=False, score=False, stride=None,
-              tokens=False, prompt_file=None, n_samples=None, each_line=False):
+              tokens=False, prompt_file=None, n_samples=None, each_line=False, classify=False, choices=None,
+              template=None, shots=0, shots_from=None):
     """Print GPT-2's continuation of a prompt as it is generated, and return it.
 
     Downloads OpenAI's checkpoint into models_dir/model_size on first use, or uses the folder
     --model_dir as it is. With --score, print how likely the model finds the prompt instead
-    (per token, total, perplexity).
+    (per token, total, perplexity). With --classify, print the class probabilities of the head that
+    train.py --task classify trained; with --choices, the likeliest of a few answers (zero- or few-shot).
+    With --prompt_file, those two take a labeled file (CSV or JSONL) and print a row per text, then
+    the accuracy against its labels.
 
     Args:
-        prompt: the text to continue or score, given first, in quotes; "" starts from <|endoftext|>
+        prompt: the text to continue, score, classify or answer, given first, in quotes; "" starts from <|endoftext|>
         n_tokens_to_generate: how many tokens to add (fewer if the model writes <|endoftext|>)
         model_size: 124M, 355M, 774M or 1558M
         models_dir: where model folders are kept, relative to the current directory
@@ -279,16 +515,25 @@ def gpt2_main(prompt=None, n_tokens_to_generate=40, model_size="124M", models_di
         temperature: 0 is greedy; above 0, sample from softmax(logits / temperature)
         top_k: sample only among the k likeliest tokens
         top_p: then only among the fewest likeliest tokens whose probabilities sum to p
-        seed: makes a sampled run repeatable
+        seed: makes a sampled run repeatable; with --shots, which examples are drawn (none: 0)
         ignore_eos: keep going past <|endoftext|> instead of stopping there
         score: print how likely the model finds the prompt instead of continuing it
         stride: with --score: how far windows move on long texts (none: half the context)
         tokens: with --score: a line per token even for texts over 256 tokens
-        prompt_file: read the prompt verbatim from this UTF-8 file instead; - reads stdin
+        prompt_file: read the prompt verbatim from this UTF-8 file instead (a labeled file for tasks); - reads stdin
         n_samples: print this many samples of the continuation, each under a header (needs a temperature)
-        each_line: with --score and --prompt_file: score each non-empty line alone, a row per line
+        each_line: with --prompt_file and --score, --classify or --choices: each non-empty line a text, a row per line
+        classify: print each class's probability from the head (head.npz) that train.py --task classify saved
+        choices: score these answers after the prompt, e.g. "positive|negative" (\\n in the prompt is then a newline)
+        template: with --choices: the prompt around each text, e.g. "Review: {text}\\nSentiment:" (\\n is a newline)
+        shots: with --choices: this many labeled examples before each prompt (few-shot), drawn from --shots_from
+        shots_from: with --shots: the labeled file (CSV or JSONL) the examples are drawn from
     """
+    if not isinstance(classify, bool) and prompt is None and prompt_file is None:
+        prompt, classify = str(classify), True  # `--classify "a text"`: fire hands the text to the switch
     check_gpt2_flags(dict(locals()))  # first: locals() is the flags alone
+    if classify or choices is not None:
+        return run_task(dict(locals()))
     from utils import load_encoder_hparams_and_params  # requests and the checkpoint reader load only here
 
     text = prompt if prompt_file is None else read_text(prompt_file, "--prompt_file")

@@ -6,12 +6,14 @@ with "text" and "label". It is UTF-8. Labels are strings as written; the classes
 labels of its training file, in sorted order. Errors name the file and the line a bad row starts on.
 
 The command lines (gpt2.py --classify and --choices) and the fine-tuning run (train.py --task classify) read
-and score labeled texts here.
+and score labeled texts here; gpt2.py reads a trained classifier's head here, and builds the prompts and choices
+of zero- and few-shot tasks here.
 """
 import csv
 import io
 import json
 import os
+import zipfile
 
 import numpy as np
 
@@ -38,7 +40,8 @@ def read_labeled(path, flag, need_labels=True, text=None):
 
 def csv_rows(text, name, need_labels):
     """read_labeled's rows of a CSV file."""
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # strict: a stray quote is an error, not a merge
+    line = 1
     try:
         header = next(reader, [])
         columns = {column.strip().lower(): i for i, column in enumerate(header)}
@@ -57,7 +60,7 @@ def csv_rows(text, name, need_labels):
                 label = row[columns["label"]].strip() if "label" in columns else None
                 rows.append((line, row[columns["text"]], label))
     except csv.Error as e:
-        raise ValueError(f"{name}, line {reader.line_num}: not CSV ({e})") from None
+        raise ValueError(f"{name}, line {line}: not CSV ({e}): check its quotes") from None
 
 
 def json_lines(text, name):
@@ -147,3 +150,75 @@ def plot_confusion(counts, classes, path):
     fig.tight_layout()
     fig.savefig(path + ".tmp", format="png")
     os.replace(path + ".tmp", path)
+
+
+# ---------------------------------------------------------------------------------------------
+# A trained classifier's head, as train.py --task classify saves it beside the model
+
+HEAD_FILE = "head.npz"  # w: float32 [n_embd, n_classes]; labels: the class names in class order (a string array)
+
+
+def read_head(folder):
+    """(w [n_embd, n_classes] float32, classes) of folder's head.npz, read without pickle; a missing or damaged
+    one is a ValueError that says what to do. (fit_head checks it against the model, once that is loaded.)"""
+    path = os.path.join(folder, HEAD_FILE)
+    if not os.path.exists(path):
+        raise ValueError(f"{folder} has no {HEAD_FILE}: it was not trained with `python train.py --task classify`, "
+                         "which saves the classifier's head beside the model")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            w, labels = npz["w"], npz["labels"]
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} is damaged ({e}): train it again with `python train.py --task classify`") from None
+    if w.ndim != 2 or w.dtype.kind != "f" or labels.shape != (w.shape[1],) or labels.dtype.kind != "U":
+        raise ValueError(f"{path} is damaged: it must hold w [n_embd, n_classes] (floats) and one label per class, "
+                         f"not w {w.dtype} {w.shape} and labels {labels.dtype} {labels.shape}")
+    if not np.isfinite(w).all() or len(set(labels.tolist())) != len(labels) or len(labels) < 2:
+        raise ValueError(f"{path} is damaged: its w must be finite and its labels two or more, each once")
+    return w.astype(np.float32), labels.tolist()
+
+
+def fit_head(w, n_embd, folder):
+    """w, if it reads the model's hidden state of n_embd numbers; else a ValueError."""
+    if len(w) != n_embd:
+        raise ValueError(f"{os.path.join(folder, HEAD_FILE)} does not fit the model: its head reads {len(w)} numbers "
+                         f"a token and the model gives {n_embd} (n_embd); was it trained on another model size?")
+    return w
+
+
+# ---------------------------------------------------------------------------------------------
+# Zero- and few-shot prompts: a task told in words, answered by the likeliest choice
+
+def fill(template, text):
+    """The template with {text} replaced by the text (other braces are left as they are)."""
+    return template.replace("{text}", text)
+
+
+def few_shot_prompt(template, examples, text):
+    """GPT-3's K-shot prompt: each example (text, label) written as its filled template, a space, its label and a
+    blank line, then the filled template of the text to answer. No examples: the filled template alone."""
+    shots = "".join(f"{fill(template, shot)} {label}\n\n" for shot, label in examples)
+    return shots + fill(template, text)
+
+
+def draw_shots(examples, k, rng, asked=None):
+    """k of the examples (text, label), drawn without replacement, in the order drawn; never one whose text is the
+    one asked about (when the examples come from its own file, as lm-evaluation-harness leaves it out too)."""
+    pool = [example for example in examples if example[0] != asked]
+    if k > len(pool):
+        raise ValueError(f"{k} examples are asked for and there are {len(pool)} to draw from (the text asked about "
+                         "is never one of them)")
+    return [pool[i] for i in rng.choice(len(pool), k, replace=False)]
+
+
+def continuation_ids(encoder, context, choices):
+    """(context ids, [each choice's ids]) as lm-evaluation-harness tokenizes a choice after a context: the choice
+    follows one space; whitespace that ends the context is moved to the start of the continuation; the
+    continuation's ids are those of encode(context + " " + choice) after the context's own. GPT-2's pre-tokenizer
+    never joins a space to the characters before it, so these are encode(" " + choice) whenever the context ends
+    in no whitespace. An empty context is <|endoftext|>, as GPT-2 saw a document begin."""
+    stripped = context.rstrip()
+    context_ids = encoder.encode(stripped)
+    continuations = [encoder.encode(stripped + context[len(stripped):] + " " + choice)[len(context_ids):]
+                     for choice in choices]
+    return context_ids or [encoder.eot_id], continuations

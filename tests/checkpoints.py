@@ -147,12 +147,9 @@ def save_tf_checkpoint(prefix, weights):
             saver.save(session, prefix, write_meta_graph=True)
 
 
-def reference_logits(model_dir, ids):
-    """GPT-2 logits [len(ids), n_vocab] (float32) for every position, computed with TensorFlow.
-
-    Weights are read straight from model_dir's checkpoint by TensorFlow's own reader, hyperparameters
-    from hparams.json, and run through the TensorFlow model of tests/tf_reference.py.
-    """
+def reference_model(model_dir, ids):
+    """(hparams, ids checked, the TensorFlow parameter tree) for a TensorFlow pass over ids: weights read straight
+    from model_dir's checkpoint by TensorFlow's own reader, hyperparameters from hparams.json."""
     tf = tensorflow()
     model_dir = os.fspath(model_dir)
     with open(os.path.join(model_dir, "hparams.json")) as f:
@@ -166,7 +163,25 @@ def reference_logits(model_dir, ids):
 
     reader = tf.train.load_checkpoint(os.path.join(model_dir, CHECKPOINT_NAME))
     tensors, _ = tf_reference.to_tf(checkpoint_tree(reader.get_tensor, hp["n_layer"]), tf.float32)
+    return hp, ids, tensors
+
+
+def reference_logits(model_dir, ids):
+    """GPT-2 logits [len(ids), n_vocab] (float32) for every position, computed with TensorFlow
+    (the model of tests/tf_reference.py on the checkpoint as TensorFlow reads it)."""
+    import tf_reference
+
+    hp, ids, tensors = reference_model(model_dir, ids)
     return tf_reference.logits(ids, **tensors, n_head=hp["n_head"]).numpy().astype(np.float32)
+
+
+def reference_hidden(model_dir, ids):
+    """GPT-2's final hidden state [len(ids), n_embd] (float32, after ln_f), computed with TensorFlow: what a
+    classifier's head reads."""
+    import tf_reference
+
+    hp, ids, tensors = reference_model(model_dir, ids)
+    return tf_reference.hidden(ids, **tensors, n_head=hp["n_head"]).numpy().astype(np.float32)
 
 
 def reference_log_probs(model_dir, inputs):

@@ -157,6 +157,15 @@ def greedy_text(logits, encoder, prompt, n):
     return encoder.decode(ids[start:])
 
 
+def reference_choice_log_probs(model_dir, prompt, choice):
+    """Each token's log-probability of a choice (ids) after a prompt (ids), from one TensorFlow pass over prompt +
+    choice but its last token and a float64 log-softmax."""
+    from checkpoints import reference_logits
+
+    logits = reference_logits(model_dir, list(prompt) + list(choice)[:-1])[len(prompt) - 1:].astype(np.float64)
+    return logits[np.arange(len(choice)), choice] - np.logaddexp.reduce(logits, axis=-1)
+
+
 def tensorflow_arrays(model_dir):
     """Every variable as tf.train.load_checkpoint reads it, under the params tree's names."""
     from checkpoints import tensorflow

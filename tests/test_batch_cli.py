@@ -48,8 +48,8 @@ def test_n_samples_are_repeatable_and_differ(tiny_models):
     (["--n_samples", "2.5", "--temperature", "1"], "--n_samples must be a whole number >= 1, not 2.5"),
     (["--n_samples", "2"], "set --temperature"),
     (["--n_samples", "2", "--temperature", "1", "--score"], "--temperature and --n_samples are for generating"),
-    (["--each_line"], "--each_line goes with --score and --prompt_file"),
-    (["--each_line", "--score"], "--each_line goes with --score and --prompt_file"),
+    (["--each_line"], "--each_line goes with --prompt_file and --score, --classify or --choices"),
+    (["--each_line", "--score"], "--each_line goes with --prompt_file and --score, --classify or --choices"),
     (["--each_line=no", "--score"], "--each_line is a switch"),
 ])
 def test_bad_batch_flags(tiny_models, args, fragment):

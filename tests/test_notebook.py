@@ -1,7 +1,8 @@
 """The notebooks in examples/ run top to bottom and draw their plots; the committed copies have no outputs.
 
 walkthrough.ipynb follows one prompt through the model; finetune.ipynb checks a block's gradients against
-finite differences and fine-tunes. Each is run on a small random-weight model: GPT2_NOTEBOOK_MODELS_DIR
+finite differences and fine-tunes; classify.ipynb checks a classifier head's gradients the same way, fine-tunes
+one and asks zero- and few-shot. Each is run on a small random-weight model: GPT2_NOTEBOOK_MODELS_DIR
 points it there, so nothing is downloaded. The kernel is "python3", which jupyter_client starts with this
 interpreter.
 """
@@ -14,7 +15,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Each notebook with the ids of the cells that must show one plot.
-NOTEBOOKS = {"walkthrough.ipynb": ("heatmap", "next-token"), "finetune.ipynb": ("curves",)}
+NOTEBOOKS = {"walkthrough.ipynb": ("heatmap", "next-token"), "finetune.ipynb": ("curves",),
+             "classify.ipynb": ("accuracy", "confusion")}
 CELL_TIMEOUT = 120  # seconds; a whole notebook takes a few on the small model
 
 
@@ -66,3 +68,9 @@ def test_notebook_runs_and_draws_its_plots(tiny_models, monkeypatch, tmp_path, n
         assert len(errors) == 7 and max(errors) < 1e-6, text_of(cells["check"])  # the learner's check agrees
         val = [float(v) for v in re.findall(r"validation loss (\d+\.\d+)", text_of(cells["finetune"]))]
         assert len(val) == 4 and val[-1] < val[0], text_of(cells["finetune"])
+    if name == "classify.ipynb":
+        errors = [float(e) for e in re.findall(r"(\d\.\de-\d+)\s*$", text_of(cells["check"]), re.M)]
+        assert len(errors) == 5 and max(errors) < 1e-6, text_of(cells["check"])  # the learner's check agrees
+        accuracies = [float(a) for a in re.findall(r"training accuracy (\d\.\d+)", text_of(cells["finetune"]))]
+        assert len(accuracies) == 6 and accuracies[-1] >= 0.9 > accuracies[0], text_of(cells["finetune"])  # it learns
+        assert re.search(r"2-shot: acc \d\.\d\d, acc_norm \d\.\d\d", text_of(cells["shots"])), text_of(cells["shots"])

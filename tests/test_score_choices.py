@@ -7,6 +7,7 @@ import pytest
 
 import gpt2
 from checkpoints import reference_logits
+from helpers import reference_choice_log_probs
 
 N_CTX = 64  # the tiny model's context
 rng = np.random.default_rng(11)
@@ -14,18 +15,12 @@ PROMPT = rng.integers(0, 50257, 12).tolist()
 CHOICES = [rng.integers(0, 50257, n).tolist() for n in (3, 1, 7, 2)]  # of different lengths, not in order
 
 
-def reference_choice(model_dir, prompt, choice):
-    """log softmax of TensorFlow's logits at each choice token, fed prompt + choice but its last token."""
-    logits = reference_logits(model_dir, prompt + choice[:-1])[len(prompt) - 1:].astype(np.float64)
-    return logits[np.arange(len(choice)), choice] - np.logaddexp.reduce(logits, axis=-1)
-
-
 def test_choices_match_tensorflow_on_prompt_and_choice(tiny, tiny_models):
     _, hparams, params = tiny
     ours = gpt2.score_choices(PROMPT, CHOICES, params, hparams["n_head"])
     assert len(ours) == len(CHOICES)
     for choice, log_probs in zip(CHOICES, ours):
-        expected = reference_choice(os.path.join(tiny_models, "124M"), PROMPT, choice)
+        expected = reference_choice_log_probs(os.path.join(tiny_models, "124M"), PROMPT, choice)
         assert log_probs.shape == (len(choice),) and log_probs.dtype == np.float64
         worst = np.abs(log_probs - expected).max()
         assert worst < 1e-4, f"a choice of {len(choice)} tokens: off TensorFlow's log-probs by {worst:.1e}"
