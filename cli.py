@@ -23,7 +23,7 @@ from gpt2 import EOT
 from texts import lines_of, read_text
 
 GPT2_TEXT_FLAGS = ("prompt", "model_size", "models_dir", "model_dir", "prompt_file", "choices", "template",
-                   "shots_from")  # taken verbatim, never as numbers
+                   "shots_from", "adapters")  # taken verbatim, never as numbers
 TOKEN_LINES = 256  # --score prints a line per token up to this many tokens, and beyond it only with --tokens
 GENERATION_FLAGS = ("n_tokens_to_generate", "temperature", "top_k", "top_p", "seed", "ignore_eos", "n_samples")
 CHOICE_FLAGS = ("template", "shots", "shots_from")  # they shape --choices' prompts
@@ -366,11 +366,8 @@ def print_classified(rows, probs, classes):
 
 def classify_texts(flags, folder, rows):
     """gpt2.py --classify: the head read (before any download), the model loaded, each text's classes printed."""
-    from utils import load_encoder_hparams_and_params
-
     w, classes = tasks.read_head(folder)
-    encoder, hparams, params = load_encoder_hparams_and_params(flags["model_size"], flags["models_dir"],
-                                                               flags["model_dir"])
+    encoder, hparams, params = load_model(flags)
     w = tasks.fit_head(w, hparams["n_embd"], folder)
     texts = [flags["prompt"]] if rows is None else [text for _, text, _ in rows]
     ids = last_tokens([encoder.encode(text) for text in texts], hparams["n_ctx"],
@@ -466,14 +463,11 @@ def print_chosen(prompts, scores, choices):
 def answer_choices(flags, rows):
     """gpt2.py --choices: labels, template and shots checked, the model loaded, each row's choices scored in one
     batch after its prompt (gpt2.score_choices), and printed."""
-    from utils import load_encoder_hparams_and_params
-
     choices = split_choices(flags["choices"])
     if rows is not None:
         check_choice_labels(rows, choices, flags["prompt_file"])
     prompts = choice_prompts(flags, rows, choices)
-    encoder, hparams, params = load_encoder_hparams_and_params(flags["model_size"], flags["models_dir"],
-                                                               flags["model_dir"])
+    encoder, hparams, params = load_model(flags)
     ids = choice_ids(prompts, choices, encoder, hparams["n_ctx"], flags["shots"])
     scores = [choice_scores(context, continuations, choices, params, hparams["n_head"])
               for context, continuations in progress_bar("choosing", "text", least=2)(ids)]
@@ -496,7 +490,7 @@ def run_task(flags):
 def gpt2_main(prompt=None, n_tokens_to_generate=40, model_size="124M", models_dir="models", model_dir=None,
               temperature=0.0, top_k=None, top_p=None, seed=None, ignore_eos=False, score=False, stride=None,
               tokens=False, prompt_file=None, n_samples=None, each_line=False, classify=False, choices=None,
-              template=None, shots=0, shots_from=None):
+              template=None, shots=0, shots_from=None, adapters=None):
     """Print GPT-2's continuation of a prompt as it is generated, and return it.
 
     Downloads OpenAI's checkpoint into models_dir/model_size on first use, or uses the folder
@@ -528,19 +522,18 @@ def gpt2_main(prompt=None, n_tokens_to_generate=40, model_size="124M", models_di
         template: with --choices: the prompt around each text, e.g. "Review: {text}\\nSentiment:" (\\n is a newline)
         shots: with --choices: this many labeled examples before each prompt (few-shot), drawn from --shots_from
         shots_from: with --shots: the labeled file (CSV or JSONL) the examples are drawn from
+        adapters: LoRA adapters to merge into the model at load: a train.py --lora_rank run's folder or adapters.npz
     """
     if not isinstance(classify, bool) and prompt is None and prompt_file is None:
         prompt, classify = str(classify), True  # `--classify "a text"`: fire hands the text to the switch
     check_gpt2_flags(dict(locals()))  # first: locals() is the flags alone
     if classify or choices is not None:
         return run_task(dict(locals()))
-    from utils import load_encoder_hparams_and_params  # requests and the checkpoint reader load only here
-
     text = prompt if prompt_file is None else read_text(prompt_file, "--prompt_file")
     if score and not text:
         raise ValueError("there is nothing to score: " + ("give a prompt" if prompt_file is None else
                                                            f"--prompt_file {prompt_file} is empty"))
-    encoder, hparams, params = load_encoder_hparams_and_params(model_size, models_dir, model_dir)
+    encoder, hparams, params = load_model(dict(locals()))
     n_head, stop_id = hparams["n_head"], None if ignore_eos else EOT
     if stride is not None:
         gpt2.check_stride(stride, hparams["n_ctx"], flag="--")
@@ -555,6 +548,20 @@ def gpt2_main(prompt=None, n_tokens_to_generate=40, model_size="124M", models_di
         return print_samples(gpt2.generate_many(inputs, params, n_head, n_tokens_to_generate, n_samples, **sampling,
                                                 progress=progress), encoder)
     return print_stream(gpt2.stream(inputs, params, n_head, n_tokens_to_generate, **sampling), encoder)
+
+
+def load_model(flags):
+    """(encoder, hparams, params) of the model the flags name, with --adapters merged into its weights."""
+    from utils import load_encoder_hparams_and_params, read_adapters, with_adapters  # requests etc. only now
+
+    encoder, hparams, params = load_encoder_hparams_and_params(flags["model_size"], flags["models_dir"],
+                                                               flags["model_dir"])
+    if flags["adapters"] is not None:
+        from train import merge_lora
+
+        tensors, rank, alpha, _ = read_adapters(flags["adapters"])
+        params = merge_lora(with_adapters(params, tensors, rank, alpha, flags["adapters"]))
+    return encoder, hparams, params
 
 
 def gpt2_command():

@@ -10,7 +10,7 @@ import pytest
 
 import store
 from checkpoints import write_model
-from helpers import SHAPES, assert_one_line_error, data_bytes, start, straight_and_resumed, tensorflow_arrays, \
+from helpers import SHAPES, assert_one_line_error, data_bytes, gpt2_cli, reference_greedy_text, start, straight_and_resumed, tensorflow_arrays, \
     train_cli
 
 FAST = ("--seq_len", "32", "--lr", "1e-2", "--warmup", "0", "--sample_every", "0", "--eval_every", "0")
@@ -44,6 +44,24 @@ def test_lora_saves_the_merged_weights_and_the_adapters(model, dickens, tmp_path
             assert np.array_equal(saved[layer + "/w"], merged), layer
     for name in set(base) - {layer + "/w" for layer in names}:
         assert np.array_equal(saved[name], base[name]), name
+
+
+def test_adapters_merged_at_load_give_the_merged_save(model, dickens, tmp_path):
+    """gpt2.py --model_dir BASE --adapters RUN (the folder or its adapters.npz) prints what --model_dir RUN does."""
+    out = str(tmp_path / "run")
+    assert train_cli("--data", dickens, "--model_dir", model, "--out", out, "--steps", "3", "--lora_rank", "4",
+                     *FAST).returncode == 0
+    merged = gpt2_cli("It was the", "--model_dir", out, "--n_tokens_to_generate", "8")
+    for adapters in (out, os.path.join(out, "adapters.npz")):
+        at_load = gpt2_cli("It was the", "--model_dir", model, "--adapters", adapters, "--n_tokens_to_generate", "8")
+        assert at_load.returncode == 0 and merged.returncode == 0, at_load.stderr + merged.stderr
+        assert at_load.stdout == merged.stdout == reference_greedy_text(out, "It was the", 8)
+    assert_one_line_error(gpt2_cli("Hi", "--model_dir", model, "--adapters", str(tmp_path)),
+                          f"there are no adapters at {tmp_path / 'adapters.npz'}")
+    other = tmp_path / "wide"
+    write_model(other / "124M", {**SHAPES["tiny"], "n_embd": 32}, seed=5)
+    assert_one_line_error(gpt2_cli("Hi", "--model_dir", str(other / "124M"), "--adapters", out),
+                          "does not fit the model", "these adapters were trained on another model")
 
 
 def test_lora_resumes_bit_for_bit_and_refuses_a_changed_starting_model(model, dickens, tmp_path):
