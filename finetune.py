@@ -29,8 +29,8 @@ import train
 from gpt2 import EOT
 from store import MODEL_SIZES, settled_folder
 from texts import check_is_text, read_text
-from utils import ADAPTERS_FILE, HEAD_FILE, load_encoder_hparams_and_params, read_adapters, read_head, \
-    save_model_folder, with_adapters, write_adapters, write_head
+from utils import ADAPTERS_FILE, load_encoder_hparams_and_params, read_adapters, read_head, save_model_folder, \
+    with_adapters, write_adapters
 
 # The flags that shape a run's weights: recorded with it, and a resumed run keeps them.
 RUN_FLAGS = ("task", "lm_weight", "batch_size", "seq_len", "lr", "warmup", "lr_schedule", "min_lr", "decay_steps",
@@ -529,9 +529,8 @@ def save_run(run, bar):
     if flags["lora_rank"]:
         extra[ADAPTERS_FILE] = lambda path: write_adapters(path, run.params, flags["lora_rank"], flags["lora_alpha"],
                                                            flags["lora_targets"].split(","))
-    if run.classes is not None:
-        extra[HEAD_FILE] = lambda path: write_head(path, run.trainable["head"], run.classes)
-    save_model_folder(run.out, model(run), run.hparams, run.vocab_dir, extra)
+    head = None if run.classes is None else (run.trainable["head"], run.classes)
+    save_model_folder(run.out, model(run), run.hparams, run.vocab_dir, extra, head=head)
     run.vocab_dir = run.out
     bar.write(f"step {run.step}: saved to {run.out}")
 

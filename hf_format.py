@@ -2,8 +2,9 @@
 
 A GPT-2 that Hugging Face's transformers saved is a folder of these files:
 
-    config.json            the model's shape and options (paragraph 5)
-    model.safetensors      the weights (paragraphs 1-4), under names of their own (paragraph 6)
+    config.json            the model's shape and options (paragraph 5), a classifier's classes (paragraph 8)
+    model.safetensors      the weights (paragraphs 1-4), under names of their own (paragraph 6), and a
+                           classifier's head (paragraph 8)
     vocab.json             each token's id: the same table as OpenAI's encoder.json
     merges.txt             the BPE merges in rank order: OpenAI's vocab.bpe
     tokenizer.json         both again, with the tokenizer's settings (paragraph 7): transformers 5
@@ -56,6 +57,14 @@ A safetensors file is a header, then the tensors' bytes:
    fallback or ignore_merges, there is no "normalizer", and the "pre_tokenizer" is ByteLevel with
    GPT-2's regex and no added prefix space. From its table and merges, OpenAI's files are
    json.dumps(table) and "#version: 0.2", then a line "a b" per merge, byte for byte.
+
+8. A classifier (transformers' GPT2ForSequenceClassification) is GPT-2 with a head in place of the vocabulary
+   projection: its model.safetensors holds also "score.weight" [n_classes, n_embd], no bias (the project's head
+   w [n_embd, n_classes] transposed), and its config.json "architectures": ["GPT2ForSequenceClassification"],
+   "id2label" {"0": the first class's name, "1": ...} and "label2id" (the same map reversed); the number of
+   classes (num_labels) is id2label's size. The head reads each text's hidden state at its last token that is
+   not "pad_token_id": GPT-2 has no padding token, so <|endoftext|>'s 50256 stands in, as is usual (a text that
+   ends with <|endoftext|> itself is then read one token earlier).
 
 Reading (read_header, read_tensors) checks paragraphs 1-3 before any tensor is used; writing
 (write_safetensors) runs them backwards, byte for byte as the safetensors library writes the same
@@ -221,14 +230,14 @@ def hf_name(tf_name):
 
 
 def gpt2_entries(entries):
-    """read_header's entries under the names without "transformer.", the buffers left out
-    (paragraph 6). ValueError for a name that comes both with the prefix and without."""
+    """read_header's entries under the names without "transformer.", the buffers and a classifier's score (read
+    apart) left out (paragraphs 6 and 8). ValueError for a name that comes both with the prefix and without."""
     named = {}
     for name, entry in entries.items():
         name = name.removeprefix(PREFIX)
         if name in named:
             raise ValueError(f"it holds {name} twice, with {PREFIX!r} before it and without")
-        if not BUFFERS.fullmatch(name):
+        if not BUFFERS.fullmatch(name) and name != SCORE:
             named[name] = entry
     return named
 
@@ -281,3 +290,31 @@ def vocab_file_bytes(vocab, merges):
     (vocab.json and merges.txt are the same)."""
     table = json.dumps(vocab).encode("utf-8")
     return table, ("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)).encode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# A classifier's head (paragraph 8)
+
+SCORE = "score.weight"  # a classifier's head [n_classes, n_embd] (paragraph 8)
+CLASSIFIER = "GPT2ForSequenceClassification"
+PAD_TOKEN_ID = 50256  # <|endoftext|>, standing in for the padding token GPT-2 lacks
+
+
+def classifier_config(labels):
+    """config.json's keys that make GPT-2 a classifier of these classes (paragraph 8), beside config_from_hparams's."""
+    return {"architectures": [CLASSIFIER], "id2label": {str(i): label for i, label in enumerate(labels)},
+            "label2id": {label: i for i, label in enumerate(labels)}, "pad_token_id": PAD_TOKEN_ID}
+
+
+def labels_from_config(config):
+    """The class names, in class order, of a classifier's config.json dict (paragraph 8); ValueError unless its
+    id2label numbers two or more classes "0" to "n - 1", each named once (and num_labels, if there, is n)."""
+    id2label = config.get("id2label")
+    if not isinstance(id2label, dict) or set(id2label) != {str(i) for i in range(len(id2label))}:
+        raise ValueError("its id2label does not number the classes 0, 1, ...")
+    labels = [id2label[str(i)] for i in range(len(id2label))]
+    if len(labels) < 2 or not all(isinstance(label, str) for label in labels) or len(set(labels)) < len(labels):
+        raise ValueError("its id2label does not name two or more classes, each once")
+    if config.get("num_labels", len(labels)) != len(labels):
+        raise ValueError(f"its num_labels is {config['num_labels']}, but id2label names {len(labels)} classes")
+    return labels
