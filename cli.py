@@ -316,35 +316,40 @@ def gpt2_command():
     run_command(gpt2_main, 'python gpt2.py "PROMPT" [--flag value ...]', GPT2_TEXT_FLAGS)
 
 
-UTILS_TEXT_FLAGS = ("model_size", "models_dir", "model_dir", "out", "to")
+UTILS_TEXT_FLAGS = ("model_size", "models_dir", "model_dir", "adapters", "out", "to")
 
 
-def utils_main(model_size="124M", models_dir="models", model_dir=None, out=None, to=None):
+def utils_main(model_size="124M", models_dir="models", model_dir=None, adapters=None, out=None, to=None):
     """Print a model's hparams and every parameter's shape, or with --out and --to, convert its folder.
 
         python utils.py --model_size 124M
         python utils.py --model_dir models/124M --out gpt2-hf --to hf
+        python utils.py --adapters models/124M-my_text --out my_text-peft --to hf
 
     Args:
         model_size: 124M, 355M, 774M or 1558M (downloaded on first use, as gpt2.py does)
         models_dir: where model folders are kept, relative to the current directory
         model_dir: a model folder to use as it is, in OpenAI's layout or Hugging Face's
-        out: with --to: a new or empty folder to save the model into
+        adapters: LoRA adapters instead of a model: a run's folder or its adapters.npz, or a PEFT adapter folder
+        out: with --to: a new or empty folder to save the model (or the adapters) into
         to: with --out: the layout to save in: openai (TensorFlow's checkpoint) or hf (Hugging Face's safetensors)
     """
     flags = dict(locals())
+    given = given_flags(utils_main, flags)
     if model_dir is not None:
-        refuse([name for name in given_flags(utils_main, flags) if name in ("model_size", "models_dir")],
+        refuse([name for name in given if name in ("model_size", "models_dir")],
                ("does not go", "do not go"), "with --model_dir, which names the model folder itself")
+    if adapters is not None:
+        refuse([name for name in given if name in ("model_size", "models_dir", "model_dir")],
+               ("does not go", "do not go"), "with --adapters, which converts the adapters alone")
     if (out is None) != (to is None):
         raise ValueError("--out and --to go together: --out FOLDER --to hf (or --to openai) converts the model")
-    from utils import convert_model_folder, load_encoder_hparams_and_params, param_shapes
-
+    if adapters is not None:
+        return convert_or_print_adapters(adapters, out, to)
     if out is not None:
-        convert_model_folder(out, to, model_size, models_dir, model_dir)
-        print(f"saved {model_dir or os.path.join(models_dir, model_size)} to {out} in "
-              f"{'Hugging Face' if to == 'hf' else 'OpenAI'}'s layout")
-        return
+        return convert_model(out, to, model_size, models_dir, model_dir)
+    from utils import load_encoder_hparams_and_params, param_shapes
+
     _, hparams, params = load_encoder_hparams_and_params(model_size, models_dir, model_dir)
     shapes = param_shapes(params)
     print(json.dumps(hparams))
@@ -353,8 +358,37 @@ def utils_main(model_size="124M", models_dir="models", model_dir=None, out=None,
     print(f"{sum(int(np.prod(shape)) for shape in shapes.values()):,} parameters")
 
 
+def convert_model(out, to, model_size, models_dir, model_dir):
+    """utils.py --out --to: the model folder converted, and said so (with the way to a LoRA run's adapters)."""
+    from utils import ADAPTERS_FILE, convert_model_folder
+
+    convert_model_folder(out, to, model_size, models_dir, model_dir)
+    print(f"saved {model_dir or os.path.join(models_dir, model_size)} to {out} in "
+          f"{'Hugging Face' if to == 'hf' else 'OpenAI'}'s layout")
+    if model_dir is not None and os.path.isfile(os.path.join(model_dir, ADAPTERS_FILE)):
+        print(f"note: the model holds {model_dir}'s LoRA adapters merged; to keep them apart too: python utils.py "
+              f"--adapters {model_dir} --out DIR --to {to}", file=sys.stderr)
+
+
+def convert_or_print_adapters(adapters, out, to):
+    """utils.py --adapters: convert them (--out, --to), or print their settings and every matrix's shape."""
+    from utils import convert_adapters, read_adapters
+
+    if out is not None:
+        convert_adapters(adapters, out, to)
+        return print(f"saved the adapters of {adapters} to {out} as " +
+                     ("a PEFT adapter folder" if to == "hf" else "adapters.npz"))
+    tensors, rank, alpha, targets = read_adapters(adapters)
+    print(json.dumps({"rank": rank, "alpha": alpha, "targets": targets}))
+    for name, array in sorted(tensors.items(), key=lambda item: [int(part) if part.isdigit() else part
+                                                                  for part in item[0].split("/")]):
+        print(f"{name:28} {list(array.shape)}")
+    print(f"{sum(array.size for array in tensors.values()):,} parameters")
+
+
 def utils_command():
-    run_command(utils_main, "python utils.py [--model_size 124M | --model_dir DIR] [--out DIR --to hf|openai]",
+    run_command(utils_main, "python utils.py [--model_size 124M | --model_dir DIR | --adapters PATH] "
+                            "[--out DIR --to hf|openai]",
                 UTILS_TEXT_FLAGS)
 
 

@@ -538,34 +538,135 @@ def checkpoint_tensors(params, hparams):
 
 # ---------------------------------------------------------------------------------------------
 # What a run trains beside OpenAI's variables: LoRA adapters and a classifier's head, each a small
-# .npz file beside the checkpoint (numbers and strings only, so np.load reads it without pickle); in Hugging
-# Face's layout a classifier's head is GPT2ForSequenceClassification's score (hf_format's paragraph 8).
+# .npz file beside the checkpoint (numbers and strings only, so np.load reads it without pickle), or in
+# Hugging Face's layout a PEFT adapter folder and GPT2ForSequenceClassification's score (hf_format's 8 and 9).
 
 ADAPTERS_FILE, HEAD_FILE = "adapters.npz", "head.npz"
+PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")  # a PEFT adapter folder (hf_format's paragraph 9)
+# The Hub's copies of OpenAI's models, named as a PEFT folder's base model
+HUB_NAMES = {"124M": "openai-community/gpt2", "355M": "openai-community/gpt2-medium",
+             "774M": "openai-community/gpt2-large", "1558M": "openai-community/gpt2-xl"}
 
 
 def write_adapters(path, params, rank, alpha, targets):
     """adapters.npz: A [in, r] and B [r, out] (float32) of every adapted linear of params, under its flat name
     ("blocks/3/attn/c_attn/A"), and rank, alpha and targets ("c_attn,mlp.c_proj")."""
     tensors = {name: array for name, array in flatten(params).items() if name.endswith(("/A", "/B"))}
+    write_adapter_tensors(path, tensors, rank, alpha, targets)
+
+
+def write_adapter_tensors(path, tensors, rank, alpha, targets, base=None):
+    """adapters.npz of the adapters {flat name: A or B} (read_adapters' first result); base: the base model's name
+    that a PEFT folder gave, kept for the way back."""
     with open(path, "wb") as f:
-        np.savez(f, rank=rank, alpha=alpha, targets=",".join(targets),
+        np.savez(f, rank=rank, alpha=alpha, targets=",".join(targets), **({} if base is None else {"base": base}),
                  **{name: np.asarray(array, np.float32) for name, array in tensors.items()})
 
 
 def read_adapters(path):
-    """({flat name: A or B}, rank, alpha, targets) from adapters.npz (or a folder holding one); a one-line
-    error naming the file if it is missing or damaged."""
+    """({flat name: A [in, r] or B [r, out]}, rank, alpha, targets) from adapters.npz, a folder holding one, or a
+    PEFT adapter folder (read_peft_folder); a one-line error naming the file if it is missing or damaged."""
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, PEFT_FILES[0])):
+        return read_peft_folder(path)
     path = os.path.join(path, ADAPTERS_FILE) if os.path.isdir(path) else path
     try:
         with np.load(path, allow_pickle=False) as saved:
             tensors = {name: saved[name] for name in saved.files if name.endswith(("/A", "/B"))}
             rank, alpha, targets = int(saved["rank"]), float(saved["alpha"]), str(saved["targets"]).split(",")
+        if not tensors:
+            raise ValueError("no A or B")
     except FileNotFoundError:
-        raise ValueError(f"there are no adapters at {path}: give a run's folder or its {ADAPTERS_FILE}") from None
+        raise ValueError(f"there are no adapters at {path}: give a run's folder or its {ADAPTERS_FILE}, or a PEFT "
+                         "adapter folder") from None
     except (OSError, ValueError, KeyError, EOFError):
         raise ValueError(f"{path} is truncated or corrupt: it holds no adapters np.load can read") from None
     return tensors, rank, alpha, targets
+
+
+def read_peft_folder(folder):
+    """read_adapters' result from a folder that PEFT's save_pretrained wrote: its LoRA matrices transposed to
+    this project's layout (hf_format's paragraph 9). A one-line error naming the file for a setting or a tensor
+    this model does not compute, a file missing or damaged."""
+    config_path, path = (os.path.join(folder, name) for name in PEFT_FILES)
+    if not os.path.isfile(path):
+        pickle = os.path.isfile(os.path.join(folder, "adapter_model.bin"))
+        raise ValueError(f"{path} is missing" + (" (adapter_model.bin, PyTorch's pickle, is not read here: load "
+                                                 "it with PEFT and save it again)" if pickle else "") +
+                         f": a PEFT adapter folder needs {' and '.join(PEFT_FILES)}")
+    config = read_json(config_path)
+    try:
+        rank, alpha, targets, layers = hf_format.lora_settings(config)
+    except ValueError as e:
+        raise ValueError(f"{config_path}: {e}") from None
+    try:
+        entries = hf_format.read_header(path)
+        names = hf_format.adapter_tensors(entries, rank, targets, layers)
+        arrays = hf_format.read_tensors(path, entries)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    tensors = {f"blocks/{block}/{module.replace('.', '/')}/{matrix}": np.ascontiguousarray(arrays[name].T)
+               for name, (block, module, matrix) in names.items()}
+    return tensors, rank, float(alpha), targets
+
+
+def save_peft_folder(out, tensors, rank, alpha, targets, base=None):
+    """Save adapters ({flat name: A [in, r] or B [r, out]}, as read_adapters gives them) into out as PEFT's
+    adapter folder, all at once: what PeftModel.from_pretrained loads onto GPT2LMHeadModel (hf_format's paragraph
+    9). Blocks without adapters (a run's --train_blocks) are left out by layers_to_transform. base: the base
+    model's name, for its adapter_config.json."""
+    unknown = [target for target in targets if target not in hf_format.MODULES]
+    if unknown:
+        raise ValueError(f"the adapters' targets name {unknown[0]!r}, not one of {', '.join(hf_format.MODULES)}")
+    peft = {}
+    for name, array in tensors.items():
+        match = re.fullmatch(r"blocks/(\d+)/(attn/c_attn|attn/c_proj|mlp/c_fc|mlp/c_proj)/([AB])", name)
+        if not match:
+            raise ValueError(f"the adapters hold {name}, which is not a LoRA matrix of c_attn, c_proj or c_fc")
+        block, module, matrix = match.groups()
+        peft[f"{hf_format.PEFT_PREFIX}h.{block}.{module.replace('/', '.')}.lora_{matrix}.weight"] = \
+            np.ascontiguousarray(np.asarray(array, np.float32).T)  # [r, in] and [out, r], as PyTorch's Linear
+    blocks = sorted({int(name.split("/")[1]) for name in tensors})
+    config = hf_format.peft_config(rank, alpha, targets, None if blocks == list(range(len(blocks))) else blocks, base)
+
+    def write(folder):
+        hf_format.write_safetensors(os.path.join(folder, PEFT_FILES[1]), peft)
+        write_json(os.path.join(folder, PEFT_FILES[0]), config)
+
+    save_files(out, write)
+
+
+def convert_adapters(adapters, out, to):
+    """Save the LoRA adapters at `adapters` (adapters.npz, a run's folder holding one, or a PEFT adapter folder)
+    into the new or empty folder out, all at once: as PEFT's adapter folder (to="hf") or as adapters.npz
+    (to="openai"). The numbers go over bit for bit."""
+    check_new_folder(out, to)
+    tensors, rank, alpha, targets = read_adapters(adapters)
+    base = adapters_base(adapters)
+    if to == "hf":
+        save_peft_folder(out, tensors, rank, alpha, targets, base)
+    else:
+        save_files(out, lambda folder: write_adapter_tensors(os.path.join(folder, ADAPTERS_FILE), tensors, rank,
+                                                             alpha, targets, base))
+
+
+def adapters_base(path):
+    """The base model the adapters at path (read_adapters has read them) were trained on, as a PEFT folder names
+    it: a PEFT folder's own, or the one adapters.npz kept from one; for a run's, the model it started from (the
+    Hub's copy of OpenAI's for a download, else the folder's path); or None if unknown."""
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, PEFT_FILES[0])):
+        return read_json(os.path.join(path, PEFT_FILES[0])).get("base_model_name_or_path")
+    npz = os.path.join(path, ADAPTERS_FILE) if os.path.isdir(path) else path
+    with np.load(npz, allow_pickle=False) as saved:
+        if "base" in saved.files:
+            return str(saved["base"])
+    from finetune import read_record  # the run's record: train_state.npz is finetune's
+
+    record = read_record(os.path.dirname(npz) or ".")
+    if record is None:
+        return None
+    start = record["start"]["model"]
+    size = os.path.basename(os.path.normpath(start))
+    return HUB_NAMES[size] if size in HUB_NAMES and not is_hf_folder(start) else os.path.abspath(start)
 
 
 def with_adapters(params, tensors, rank, alpha, path):
