@@ -395,9 +395,9 @@ def utils_command():
 # ---------------------------------------------------------------------------------------------
 # train.py: the command line of a fine-tuning run (finetune.py)
 
-TRAIN_TEXT_FLAGS = ("data", "task", "model_size", "models_dir", "model_dir", "out", "val_data", "lr_schedule",
-                    "lora_targets")
-LR_SCHEDULES, TASKS = ("constant", "cosine"), ("lm", "classify")
+TRAIN_TEXT_FLAGS = ("data", "task", "model_size", "models_dir", "model_dir", "out", "save_format", "val_data",
+                    "lr_schedule", "lora_targets")
+LR_SCHEDULES, TASKS, SAVE_FORMATS = ("constant", "cosine"), ("lm", "classify"), ("openai", "hf")
 LORA_TARGETS = ("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj")  # train.LORA_TARGETS' names
 
 
@@ -418,8 +418,9 @@ def check_train_flags(flags):
     check_schedule(flags)
     given = given_flags(train_main, flags)
     check_training_less(flags, given)
-    if flags["task"] not in TASKS:
-        raise ValueError(f"--task must be {' or '.join(TASKS)}, not {flags['task']!r}")
+    for name, values in (("task", TASKS), ("save_format", SAVE_FORMATS)):
+        if flags[name] not in values:
+            raise ValueError(f"--{name} must be {' or '.join(values)}, not {flags[name]!r}")
     if flags["task"] == "lm":
         refuse([name for name in given if name == "lm_weight"], ("goes", "go"), "with --task classify")
     if flags["model_dir"] is not None:
@@ -456,12 +457,12 @@ def check_schedule(flags):
         gpt2.check_whole(flags["decay_steps"], "--decay_steps", flags["warmup"] + 1)
 
 
-def train_main(data=None, task="lm", model_size="124M", models_dir="models", model_dir=None, out=None, steps=200,
-               batch_size=4, seq_len=256, lr=1e-4, warmup=20, lr_schedule="constant", min_lr=None, decay_steps=None,
-               weight_decay=0.0, grad_clip=1.0, accumulate=1, seed=0, val_data=None, lm_weight=0.0, lora_rank=0,
-               lora_alpha=None, lora_targets="c_attn", train_blocks=None, eval_every=25, sample_every=50,
-               save_every=50, keep_best=False, model_only=False, resume=False):
-    """Fine-tune GPT-2 on a text of your own, or to label texts, and save it in OpenAI's checkpoint format.
+def train_main(data=None, task="lm", model_size="124M", models_dir="models", model_dir=None, out=None,
+               save_format="openai", steps=200, batch_size=4, seq_len=256, lr=1e-4, warmup=20, lr_schedule="constant",
+               min_lr=None, decay_steps=None, weight_decay=0.0, grad_clip=1.0, accumulate=1, seed=0, val_data=None,
+               lm_weight=0.0, lora_rank=0, lora_alpha=None, lora_targets="c_attn", train_blocks=None, eval_every=25,
+               sample_every=50, save_every=50, keep_best=False, model_only=False, resume=False):
+    """Fine-tune GPT-2 on a text of your own, or to label texts, and save it in OpenAI's checkpoint format (or HF's).
 
     Starts from OpenAI's model (downloaded on first use, as gpt2.py does) or from a model folder,
     and saves into --out, which gpt2.py --model_dir then uses as it is.
@@ -473,6 +474,7 @@ def train_main(data=None, task="lm", model_size="124M", models_dir="models", mod
         models_dir: where model folders are kept, relative to the current directory
         model_dir: start from this model folder instead (e.g. an earlier run's --out)
         out: the folder to save to (none: beside the starting model, named after --data)
+        save_format: openai (TensorFlow's checkpoint, as OpenAI's) or hf (Hugging Face's, as transformers saves)
         steps: steps in all (with --resume too): each learns from batch_size x accumulate windows
         batch_size: windows of the text per step; memory grows with batch_size x seq_len
         seq_len: tokens per window, at most the model's context (1024); the main lever for speed and memory
