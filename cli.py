@@ -366,9 +366,11 @@ def print_classified(rows, probs, classes):
 
 def classify_texts(flags, folder, rows):
     """gpt2.py --classify: the head read (before any download), the model loaded, each text's classes printed."""
-    w, classes = tasks.read_head(folder)
+    from utils import read_head
+
+    read_head(folder)  # a missing or damaged head is found before anything is downloaded
     encoder, hparams, params = load_model(flags)
-    w = tasks.fit_head(w, hparams["n_embd"], folder)
+    w, classes = read_head(folder, hparams["n_embd"])
     texts = [flags["prompt"]] if rows is None else [text for _, text, _ in rows]
     ids = last_tokens([encoder.encode(text) for text in texts], hparams["n_ctx"],
                       None if rows is None else [line for line, _, _ in rows])
@@ -568,35 +570,40 @@ def gpt2_command():
     run_command(gpt2_main, 'python gpt2.py "PROMPT" [--flag value ...]', GPT2_TEXT_FLAGS)
 
 
-UTILS_TEXT_FLAGS = ("model_size", "models_dir", "model_dir", "out", "to")
+UTILS_TEXT_FLAGS = ("model_size", "models_dir", "model_dir", "adapters", "out", "to")
 
 
-def utils_main(model_size="124M", models_dir="models", model_dir=None, out=None, to=None):
+def utils_main(model_size="124M", models_dir="models", model_dir=None, adapters=None, out=None, to=None):
     """Print a model's hparams and every parameter's shape, or with --out and --to, convert its folder.
 
         python utils.py --model_size 124M
         python utils.py --model_dir models/124M --out gpt2-hf --to hf
+        python utils.py --adapters models/124M-my_text --out my_text-peft --to hf
 
     Args:
         model_size: 124M, 355M, 774M or 1558M (downloaded on first use, as gpt2.py does)
         models_dir: where model folders are kept, relative to the current directory
         model_dir: a model folder to use as it is, in OpenAI's layout or Hugging Face's
-        out: with --to: a new or empty folder to save the model into
+        adapters: LoRA adapters instead of a model: a run's folder or its adapters.npz, or a PEFT adapter folder
+        out: with --to: a new or empty folder to save the model (or the adapters) into
         to: with --out: the layout to save in: openai (TensorFlow's checkpoint) or hf (Hugging Face's safetensors)
     """
     flags = dict(locals())
+    given = given_flags(utils_main, flags)
     if model_dir is not None:
-        refuse([name for name in given_flags(utils_main, flags) if name in ("model_size", "models_dir")],
+        refuse([name for name in given if name in ("model_size", "models_dir")],
                ("does not go", "do not go"), "with --model_dir, which names the model folder itself")
+    if adapters is not None:
+        refuse([name for name in given if name in ("model_size", "models_dir", "model_dir")],
+               ("does not go", "do not go"), "with --adapters, which converts the adapters alone")
     if (out is None) != (to is None):
         raise ValueError("--out and --to go together: --out FOLDER --to hf (or --to openai) converts the model")
-    from utils import convert_model_folder, load_encoder_hparams_and_params, param_shapes
-
+    if adapters is not None:
+        return convert_or_print_adapters(adapters, out, to)
     if out is not None:
-        convert_model_folder(out, to, model_size, models_dir, model_dir)
-        print(f"saved {model_dir or os.path.join(models_dir, model_size)} to {out} in "
-              f"{'Hugging Face' if to == 'hf' else 'OpenAI'}'s layout")
-        return
+        return convert_model(out, to, model_size, models_dir, model_dir)
+    from utils import load_encoder_hparams_and_params, param_shapes
+
     _, hparams, params = load_encoder_hparams_and_params(model_size, models_dir, model_dir)
     shapes = param_shapes(params)
     print(json.dumps(hparams))
@@ -605,17 +612,46 @@ def utils_main(model_size="124M", models_dir="models", model_dir=None, out=None,
     print(f"{sum(int(np.prod(shape)) for shape in shapes.values()):,} parameters")
 
 
+def convert_model(out, to, model_size, models_dir, model_dir):
+    """utils.py --out --to: the model folder converted, and said so (with the way to a LoRA run's adapters)."""
+    from utils import ADAPTERS_FILE, convert_model_folder
+
+    convert_model_folder(out, to, model_size, models_dir, model_dir)
+    print(f"saved {model_dir or os.path.join(models_dir, model_size)} to {out} in "
+          f"{'Hugging Face' if to == 'hf' else 'OpenAI'}'s layout")
+    if model_dir is not None and os.path.isfile(os.path.join(model_dir, ADAPTERS_FILE)):
+        print(f"note: the model holds {model_dir}'s LoRA adapters merged; to keep them apart too: python utils.py "
+              f"--adapters {model_dir} --out DIR --to {to}", file=sys.stderr)
+
+
+def convert_or_print_adapters(adapters, out, to):
+    """utils.py --adapters: convert them (--out, --to), or print their settings and every matrix's shape."""
+    from utils import convert_adapters, read_adapters
+
+    if out is not None:
+        convert_adapters(adapters, out, to)
+        return print(f"saved the adapters of {adapters} to {out} as " +
+                     ("a PEFT adapter folder" if to == "hf" else "adapters.npz"))
+    tensors, rank, alpha, targets = read_adapters(adapters)
+    print(json.dumps({"rank": rank, "alpha": alpha, "targets": targets}))
+    for name, array in sorted(tensors.items(), key=lambda item: [int(part) if part.isdigit() else part
+                                                                  for part in item[0].split("/")]):
+        print(f"{name:28} {list(array.shape)}")
+    print(f"{sum(array.size for array in tensors.values()):,} parameters")
+
+
 def utils_command():
-    run_command(utils_main, "python utils.py [--model_size 124M | --model_dir DIR] [--out DIR --to hf|openai]",
+    run_command(utils_main, "python utils.py [--model_size 124M | --model_dir DIR | --adapters PATH] "
+                            "[--out DIR --to hf|openai]",
                 UTILS_TEXT_FLAGS)
 
 
 # ---------------------------------------------------------------------------------------------
 # train.py: the command line of a fine-tuning run (finetune.py)
 
-TRAIN_TEXT_FLAGS = ("data", "task", "model_size", "models_dir", "model_dir", "out", "val_data", "lr_schedule",
-                    "lora_targets")
-LR_SCHEDULES, TASKS = ("constant", "cosine"), ("lm", "classify")
+TRAIN_TEXT_FLAGS = ("data", "task", "model_size", "models_dir", "model_dir", "out", "save_format", "val_data",
+                    "lr_schedule", "lora_targets")
+LR_SCHEDULES, TASKS, SAVE_FORMATS = ("constant", "cosine"), ("lm", "classify"), ("openai", "hf")
 LORA_TARGETS = ("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj")  # train.LORA_TARGETS' names
 
 
@@ -636,8 +672,9 @@ def check_train_flags(flags):
     check_schedule(flags)
     given = given_flags(train_main, flags)
     check_training_less(flags, given)
-    if flags["task"] not in TASKS:
-        raise ValueError(f"--task must be {' or '.join(TASKS)}, not {flags['task']!r}")
+    for name, values in (("task", TASKS), ("save_format", SAVE_FORMATS)):
+        if flags[name] not in values:
+            raise ValueError(f"--{name} must be {' or '.join(values)}, not {flags[name]!r}")
     if flags["task"] == "lm":
         refuse([name for name in given if name == "lm_weight"], ("goes", "go"), "with --task classify")
     if flags["model_dir"] is not None:
@@ -674,12 +711,12 @@ def check_schedule(flags):
         gpt2.check_whole(flags["decay_steps"], "--decay_steps", flags["warmup"] + 1)
 
 
-def train_main(data=None, task="lm", model_size="124M", models_dir="models", model_dir=None, out=None, steps=200,
-               batch_size=4, seq_len=256, lr=1e-4, warmup=20, lr_schedule="constant", min_lr=None, decay_steps=None,
-               weight_decay=0.0, grad_clip=1.0, accumulate=1, seed=0, val_data=None, lm_weight=0.0, lora_rank=0,
-               lora_alpha=None, lora_targets="c_attn", train_blocks=None, eval_every=25, sample_every=50,
-               save_every=50, keep_best=False, model_only=False, resume=False):
-    """Fine-tune GPT-2 on a text of your own, or to label texts, and save it in OpenAI's checkpoint format.
+def train_main(data=None, task="lm", model_size="124M", models_dir="models", model_dir=None, out=None,
+               save_format="openai", steps=200, batch_size=4, seq_len=256, lr=1e-4, warmup=20, lr_schedule="constant",
+               min_lr=None, decay_steps=None, weight_decay=0.0, grad_clip=1.0, accumulate=1, seed=0, val_data=None,
+               lm_weight=0.0, lora_rank=0, lora_alpha=None, lora_targets="c_attn", train_blocks=None, eval_every=25,
+               sample_every=50, save_every=50, keep_best=False, model_only=False, resume=False):
+    """Fine-tune GPT-2 on a text of your own, or to label texts, and save it in OpenAI's checkpoint format (or HF's).
 
     Starts from OpenAI's model (downloaded on first use, as gpt2.py does) or from a model folder,
     and saves into --out, which gpt2.py --model_dir then uses as it is.
@@ -691,6 +728,7 @@ def train_main(data=None, task="lm", model_size="124M", models_dir="models", mod
         models_dir: where model folders are kept, relative to the current directory
         model_dir: start from this model folder instead (e.g. an earlier run's --out)
         out: the folder to save to (none: beside the starting model, named after --data)
+        save_format: openai (TensorFlow's checkpoint, as OpenAI's) or hf (Hugging Face's, as transformers saves)
         steps: steps in all (with --resume too): each learns from batch_size x accumulate windows
         batch_size: windows of the text per step; memory grows with batch_size x seq_len
         seq_len: tokens per window, at most the model's context (1024); the main lever for speed and memory

@@ -7,11 +7,12 @@ classify: a head on the last token, train.classify_loss_and_grads), with every w
 others stay the loader's read-only arrays and AdamW keeps no state for them.
 
 train.py holds the math of a step and touches no file; this file is the run around it. A run's folder (--out)
-holds the model in OpenAI's layout (utils.save_model_folder; LoRA's adapters merged into it), adapters.npz (the
-adapters themselves), head.npz (a classifier's head), train_state.npz (AdamW's moments, the step, the batches'
-generator and the run's record: the flags, texts and starting model it began with), log.csv and loss.png. Every
-save writes them together, atomically, so --resume goes on from the last save exactly as if the run had never
-stopped. Errors a user can meet are ValueErrors that say what to do.
+holds the model in OpenAI's layout (utils.save_model_folder; LoRA's adapters merged into it) or with --save_format
+hf in Hugging Face's (utils.save_hf_folder), adapters.npz (the adapters themselves), a classifier's head (head.npz,
+or in Hugging Face's layout GPT2ForSequenceClassification's score), train_state.npz (AdamW's moments, the step,
+the batches' generator and the run's record: the flags, texts and starting model it began with), log.csv and
+loss.png. Every save writes them together, atomically, so --resume goes on from the last save exactly as if the
+run had never stopped. Errors a user can meet are ValueErrors that say what to do.
 """
 import dataclasses
 import hashlib
@@ -29,15 +30,17 @@ import train
 from gpt2 import EOT
 from store import MODEL_SIZES, settled_folder
 from texts import check_is_text, read_text
-from utils import ADAPTERS_FILE, HEAD_FILE, load_encoder_hparams_and_params, read_adapters, read_head, \
-    save_model_folder, with_adapters, write_adapters, write_head
+from utils import ADAPTERS_FILE, is_hf_folder, load_encoder_hparams_and_params, read_adapters, read_head, \
+    save_hf_folder, save_model_folder, with_adapters, write_adapters
 
-# The flags that shape a run's weights: recorded with it, and a resumed run keeps them.
+# The flags that shape a run's weights, and the layout they are saved in: recorded with it, and a resumed run keeps
+# them.
 RUN_FLAGS = ("task", "lm_weight", "batch_size", "seq_len", "lr", "warmup", "lr_schedule", "min_lr", "decay_steps",
              "weight_decay", "grad_clip", "accumulate", "seed", "lora_rank", "lora_alpha", "lora_targets",
-             "train_blocks")
+             "train_blocks", "save_format")
 BEFORE = {"task": "lm", "lm_weight": 0.0, "lr_schedule": "constant", "min_lr": 0.0, "decay_steps": None,
-          "lora_rank": 0, "lora_alpha": None, "lora_targets": "c_attn", "train_blocks": None}  # older records
+          "lora_rank": 0, "lora_alpha": None, "lora_targets": "c_attn", "train_blocks": None,
+          "save_format": "openai"}  # older records
 STATE_FILE = "train_state.npz"  # AdamW's moments, the step, the batches' generator and the run's record
 LOG_FILE, PLOT_FILE = "log.csv", "loss.png"
 LOG_COLUMNS = ("step", "lr", "train_loss", "val_loss", "tokens_per_s", "seconds", "val_accuracy")
@@ -167,13 +170,17 @@ def default_out(flags):
 
 
 def index_sha256(model_dir):
-    """The sha256 of a model's checkpoint index, which holds every tensor's CRC32C: the weights' identity
-    ("" if there is none)."""
+    """The weights' identity: the sha256 of OpenAI's checkpoint index, which holds every tensor's CRC32C, or of a
+    Hugging Face folder's whole model.safetensors, which holds no checksum ("" if there is neither)."""
+    digest = hashlib.sha256()
     try:
-        with open(os.path.join(model_dir, "model.ckpt.index"), "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
+        with open(os.path.join(model_dir, "model.safetensors" if is_hf_folder(model_dir) else "model.ckpt.index"),
+                  "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):  # a piece at a time: the file may be gigabytes
+                digest.update(block)
     except OSError:
         return ""
+    return digest.hexdigest()
 
 
 def new_record(flags, texts):
@@ -523,18 +530,20 @@ def print_sample(run, bar):
 
 
 def save_run(run, bar):
-    """The model in OpenAI's layout (LoRA's adapters merged in), the adapters and a classifier's head beside it,
-    and the state a resumed run needs, as one save (utils.save_model_folder: a process killed while saving leaves
-    the previous save or this one). Weights that are not finite are never saved: FloatingPointError."""
+    """The model in OpenAI's layout, or Hugging Face's with --save_format hf (LoRA's adapters merged in; a
+    classifier's head as head.npz or as GPT2ForSequenceClassification's score), the adapters beside it
+    (adapters.npz), and the state a resumed run needs, as one save (utils.save_model_folder, save_hf_folder: a
+    process killed while saving leaves the previous save or this one). Weights that are not finite are never
+    saved: FloatingPointError."""
     if not all(np.isfinite(array).all() for array in run.trainable.values()):
         raise FloatingPointError("some weights are not finite")
     flags, extra = run.flags, {STATE_FILE: lambda path: write_state(path, run)}
     if flags["lora_rank"]:
         extra[ADAPTERS_FILE] = lambda path: write_adapters(path, run.params, flags["lora_rank"], flags["lora_alpha"],
                                                            flags["lora_targets"].split(","))
-    if run.classes is not None:
-        extra[HEAD_FILE] = lambda path: write_head(path, run.trainable["head"], run.classes)
-    save_model_folder(run.out, model(run), run.hparams, run.vocab_dir, extra)
+    head = None if run.classes is None else (run.trainable["head"], run.classes)
+    save = save_hf_folder if flags["save_format"] == "hf" else save_model_folder
+    save(run.out, model(run), run.hparams, run.vocab_dir, extra, head=head)
     run.vocab_dir = run.out
     bar.write(f"step {run.step}: saved to {run.out}")
 

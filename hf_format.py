@@ -2,8 +2,9 @@
 
 A GPT-2 that Hugging Face's transformers saved is a folder of these files:
 
-    config.json            the model's shape and options (paragraph 5)
-    model.safetensors      the weights (paragraphs 1-4), under names of their own (paragraph 6)
+    config.json            the model's shape and options (paragraph 5), a classifier's classes (paragraph 8)
+    model.safetensors      the weights (paragraphs 1-4), under names of their own (paragraph 6), and a
+                           classifier's head (paragraph 8)
     vocab.json             each token's id: the same table as OpenAI's encoder.json
     merges.txt             the BPE merges in rank order: OpenAI's vocab.bpe
     tokenizer.json         both again, with the tokenizer's settings (paragraph 7): transformers 5
@@ -56,6 +57,26 @@ A safetensors file is a header, then the tensors' bytes:
    fallback or ignore_merges, there is no "normalizer", and the "pre_tokenizer" is ByteLevel with
    GPT-2's regex and no added prefix space. From its table and merges, OpenAI's files are
    json.dumps(table) and "#version: 0.2", then a line "a b" per merge, byte for byte.
+
+8. A classifier (transformers' GPT2ForSequenceClassification) is GPT-2 with a head in place of the vocabulary
+   projection: its model.safetensors holds also "score.weight" [n_classes, n_embd], no bias (the project's head
+   w [n_embd, n_classes] transposed), and its config.json "architectures": ["GPT2ForSequenceClassification"],
+   "id2label" {"0": the first class's name, "1": ...} and "label2id" (the same map reversed); the number of
+   classes (num_labels) is id2label's size. The head reads each text's hidden state at its last token that is
+   not "pad_token_id": GPT-2 has no padding token, so <|endoftext|>'s 50256 stands in, as is usual (a text that
+   ends with <|endoftext|> itself is then read one token earlier).
+9. A LoRA adapter that Hugging Face's PEFT saves (PeftModel.save_pretrained) is a folder of two files that adapt
+   a base GPT-2 loaded apart: adapter_config.json and adapter_model.safetensors. The config's "peft_type" is
+   "LORA", "r" the rank, "lora_alpha" the scale's numerator (each adapted linear adds lora_alpha / r times
+   x A B), "target_modules" the adapted linears, each name matching the end of a module's name ("c_attn";
+   "c_proj" both attn.c_proj and mlp.c_proj; "attn.c_proj", "mlp.c_proj", "c_fc"; or the string "all-linear",
+   all four), "layers_to_transform" the blocks if not all (their index found after "layers_pattern", "h").
+   "fan_in_fan_out" is true: GPT-2's Conv1D keeps its weight as [in, out]. The file holds, for each adapted
+   linear, "base_model.model.transformer.h.3.attn.c_attn.lora_A.weight" [r, in] and "...lora_B.weight"
+   [out, r], as PyTorch's Linear keeps them: the project's A [in, r] and B [r, out] transposed. Other settings
+   change what is computed (use_rslora: lora_alpha / sqrt(r); use_dora: a magnitude per column; bias: trained
+   biases; modules_to_save: whole layers trained beside, a classifier's score say; rank_pattern and
+   alpha_pattern: ranks by layer), as do initialisations that change the base's weights (PiSSA, OLoRA, LoftQ).
 
 Reading (read_header, read_tensors) checks paragraphs 1-3 before any tensor is used; writing
 (write_safetensors) runs them backwards, byte for byte as the safetensors library writes the same
@@ -221,14 +242,14 @@ def hf_name(tf_name):
 
 
 def gpt2_entries(entries):
-    """read_header's entries under the names without "transformer.", the buffers left out
-    (paragraph 6). ValueError for a name that comes both with the prefix and without."""
+    """read_header's entries under the names without "transformer.", the buffers and a classifier's score (read
+    apart) left out (paragraphs 6 and 8). ValueError for a name that comes both with the prefix and without."""
     named = {}
     for name, entry in entries.items():
         name = name.removeprefix(PREFIX)
         if name in named:
             raise ValueError(f"it holds {name} twice, with {PREFIX!r} before it and without")
-        if not BUFFERS.fullmatch(name):
+        if not BUFFERS.fullmatch(name) and name != SCORE:
             named[name] = entry
     return named
 
@@ -281,3 +302,132 @@ def vocab_file_bytes(vocab, merges):
     (vocab.json and merges.txt are the same)."""
     table = json.dumps(vocab).encode("utf-8")
     return table, ("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)).encode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# A classifier's head and PEFT's LoRA adapters (paragraphs 8 and 9)
+
+SCORE = "score.weight"  # a classifier's head [n_classes, n_embd] (paragraph 8)
+CLASSIFIER = "GPT2ForSequenceClassification"
+PAD_TOKEN_ID = 50256  # <|endoftext|>, standing in for the padding token GPT-2 lacks
+
+
+def classifier_config(labels):
+    """config.json's keys that make GPT-2 a classifier of these classes (paragraph 8), beside config_from_hparams's."""
+    return {"architectures": [CLASSIFIER], "id2label": {str(i): label for i, label in enumerate(labels)},
+            "label2id": {label: i for i, label in enumerate(labels)}, "pad_token_id": PAD_TOKEN_ID}
+
+
+def labels_from_config(config):
+    """The class names, in class order, of a classifier's config.json dict (paragraph 8); ValueError unless its
+    id2label numbers two or more classes "0" to "n - 1", each named once (and num_labels, if there, is n)."""
+    id2label = config.get("id2label")
+    if not isinstance(id2label, dict) or set(id2label) != {str(i) for i in range(len(id2label))}:
+        raise ValueError("its id2label does not number the classes 0, 1, ...")
+    labels = [id2label[str(i)] for i in range(len(id2label))]
+    if len(labels) < 2 or not all(isinstance(label, str) for label in labels) or len(set(labels)) < len(labels):
+        raise ValueError("its id2label does not name two or more classes, each once")
+    if config.get("num_labels", len(labels)) != len(labels):
+        raise ValueError(f"its num_labels is {config['num_labels']}, but id2label names {len(labels)} classes")
+    return labels
+
+
+PEFT_PREFIX = "base_model.model.transformer."  # PeftModel's names of GPT2LMHeadModel's modules (paragraph 9)
+MODULES = {"c_attn": "attn.c_attn", "attn.c_proj": "attn.c_proj", "c_fc": "mlp.c_fc",
+           "mlp.c_proj": "mlp.c_proj"}  # this project's names of the linears LoRA adapts -> their modules' names
+PEFT_TARGETS = {"c_attn": ("c_attn",), "attn.c_attn": ("c_attn",), "c_proj": ("attn.c_proj", "mlp.c_proj"),
+                "attn.c_proj": ("attn.c_proj",), "mlp.c_proj": ("mlp.c_proj",), "c_fc": ("c_fc",),
+                "mlp.c_fc": ("c_fc",), "all-linear": tuple(MODULES)}  # target_modules' names -> this project's
+ADAPTER_NAME = re.compile(r"base_model\.model\.(?:transformer\.)?h\.(\d+)\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc"
+                          r"|mlp\.c_proj)\.lora_([AB])\.weight")  # a tensor of adapter_model.safetensors
+# adapter_config.json's keys read here, or that change nothing once the adapters are trained (how they started,
+# dropout, the run's own details); every other key must be null, false or empty (paragraph 9)
+PEFT_READ = {"peft_type", "r", "lora_alpha", "target_modules", "layers_to_transform", "layers_pattern", "bias",
+             "init_lora_weights", "fan_in_fan_out"}
+PEFT_HARMLESS = {"task_type", "base_model_name_or_path", "revision", "inference_mode", "auto_mapping", "peft_version",
+                 "lora_dropout", "eva_config", "corda_config", "lora_ga_config", "megatron_core", "qalora_group_size",
+                 "runtime_config", "ensure_weight_tying"}
+
+
+def peft_config(rank, alpha, targets, layers, base=None):
+    """adapter_config.json's dict for LoRA of this rank and alpha on the targets (this project's names) of the
+    blocks `layers` (None: every block), as PEFT writes it for GPT-2 (paragraph 9); base: the base model's name."""
+    return {"alpha_pattern": {}, "base_model_name_or_path": base, "bias": "none", "fan_in_fan_out": True,
+            "inference_mode": True, "init_lora_weights": True, "layers_pattern": None if layers is None else "h",
+            "layers_to_transform": layers, "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
+            "lora_dropout": 0.0, "modules_to_save": None, "peft_type": "LORA", "r": rank, "rank_pattern": {},
+            "revision": None, "target_modules": list(targets), "task_type": "CAUSAL_LM", "use_dora": False,
+            "use_rslora": False}
+
+
+def lora_settings(config):
+    """(rank, alpha, targets in this project's names, the blocks adapted or None for all) of an
+    adapter_config.json dict; ValueError naming the first key whose value this model does not compute."""
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        raise ValueError(f"peft_type is {json.dumps(config.get('peft_type') if isinstance(config, dict) else None)}: "
+                         "only LoRA adapters (\"LORA\") are read")
+    for key, value in config.items():
+        if key not in PEFT_READ | PEFT_HARMLESS and value not in (None, False, {}, [], ""):
+            raise ValueError(f"{key} is {json.dumps(value)}, a setting of PEFT's that is not computed here (only "
+                             "null, false or empty)")
+    rank, alpha = config.get("r"), config.get("lora_alpha")
+    if type(rank) is not int or rank < 1 or type(alpha) not in (int, float) or not alpha > 0:
+        raise ValueError(f"r is {json.dumps(rank)} and lora_alpha {json.dumps(alpha)}: they must be a whole number "
+                         ">= 1 and a number above 0")
+    for key, allowed in (("bias", ("none",)), ("init_lora_weights", (True, False, "gaussian")),
+                         ("layers_pattern", (None, "h", ["h"], []))):
+        if config.get(key, allowed[0]) not in allowed or type(config.get(key, allowed[0])) is int:
+            raise ValueError(f"{key} is {json.dumps(config[key])}, a setting of PEFT's that is not computed here "
+                             f"(only {' or '.join(json.dumps(value) for value in allowed)})")
+    return rank, alpha, lora_targets(config.get("target_modules")), lora_layers(config.get("layers_to_transform"))
+
+
+def lora_targets(target_modules):
+    """adapter_config.json's target_modules as this project's names of the linears, in MODULES' order."""
+    if isinstance(target_modules, str) and target_modules.lower() == "all-linear":
+        target_modules = ["all-linear"]
+    if isinstance(target_modules, str) or not isinstance(target_modules, list) or not target_modules:
+        raise ValueError(f"target_modules is {json.dumps(target_modules)}: only a list of the names c_attn, c_proj, "
+                         "attn.c_proj, mlp.c_proj and c_fc (or \"all-linear\") is read, not a regular expression")
+    unknown = [name for name in target_modules if name not in PEFT_TARGETS]
+    if unknown:
+        raise ValueError(f"target_modules names {json.dumps(unknown[0])}, which is not one of the linears LoRA "
+                         "adapts here (c_attn, c_proj, attn.c_proj, mlp.c_proj, c_fc)")
+    named = {ours for name in target_modules for ours in PEFT_TARGETS[name]}
+    return [target for target in MODULES if target in named]
+
+
+def lora_layers(layers):
+    """adapter_config.json's layers_to_transform as a set of block numbers, or None for every block."""
+    if layers is None or layers == []:
+        return None
+    layers = [layers] if type(layers) is int else layers
+    if not isinstance(layers, list) or not all(type(i) is int and i >= 0 for i in layers):
+        raise ValueError(f"layers_to_transform is {json.dumps(layers)}: it must be block numbers")
+    return set(layers)
+
+
+def adapter_tensors(entries, rank, targets, layers):
+    """{name: (block, module, "A" or "B")} of adapter_model.safetensors' entries (read_header's), once each is
+    lora_A [r, in] or lora_B [out, r] of a linear that lora_settings' targets and layers adapt, each linear's
+    two both there (paragraph 9); ValueError naming the first that is not."""
+    found, modules = {}, {MODULES[target] for target in targets}
+    for name, entry in entries.items():
+        match = ADAPTER_NAME.fullmatch(name)
+        if not match:
+            raise ValueError(f"it holds {name}, which is not a LoRA matrix of GPT-2's c_attn, c_proj or c_fc")
+        block, module, matrix = int(match[1]), match[2], match[3]
+        if module not in modules or layers is not None and block not in layers:
+            raise ValueError(f"it holds {name}, whose linear adapter_config.json does not adapt (PEFT would leave it "
+                             "out)")
+        if (block, module, matrix) in found.values():
+            raise ValueError(f"it holds {name} twice, with 'transformer.' and without")
+        if len(entry["shape"]) != 2 or entry["shape"][0 if matrix == "A" else 1] != rank:
+            raise ValueError(f"{name} is {entry['shape']}, not a matrix of rank r = {rank}")
+        found[name] = (block, module, matrix)
+    pairs = [(block, module) for block, module, _ in found.values()]
+    alone = next((pair for pair in pairs if pairs.count(pair) == 1), None)
+    if alone or not found:
+        raise ValueError(f"its h.{alone[0]}.{alone[1]} has only one of lora_A and lora_B" if alone else
+                         "it holds no LoRA matrices")
+    return found

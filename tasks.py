@@ -13,7 +13,6 @@ import csv
 import io
 import json
 import os
-import zipfile
 
 import numpy as np
 
@@ -150,40 +149,6 @@ def plot_confusion(counts, classes, path):
     fig.tight_layout()
     fig.savefig(path + ".tmp", format="png")
     os.replace(path + ".tmp", path)
-
-
-# ---------------------------------------------------------------------------------------------
-# A trained classifier's head, as train.py --task classify saves it beside the model
-
-HEAD_FILE = "head.npz"  # w: float32 [n_embd, n_classes]; labels: the class names in class order (a string array)
-
-
-def read_head(folder):
-    """(w [n_embd, n_classes] float32, classes) of folder's head.npz, read without pickle; a missing or damaged
-    one is a ValueError that says what to do. (fit_head checks it against the model, once that is loaded.)"""
-    path = os.path.join(folder, HEAD_FILE)
-    if not os.path.exists(path):
-        raise ValueError(f"{folder} has no {HEAD_FILE}: it was not trained with `python train.py --task classify`, "
-                         "which saves the classifier's head beside the model")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            w, labels = npz["w"], npz["labels"]
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path} is damaged ({e}): train it again with `python train.py --task classify`") from None
-    if w.ndim != 2 or w.dtype.kind != "f" or labels.shape != (w.shape[1],) or labels.dtype.kind != "U":
-        raise ValueError(f"{path} is damaged: it must hold w [n_embd, n_classes] (floats) and one label per class, "
-                         f"not w {w.dtype} {w.shape} and labels {labels.dtype} {labels.shape}")
-    if not np.isfinite(w).all() or len(set(labels.tolist())) != len(labels) or len(labels) < 2:
-        raise ValueError(f"{path} is damaged: its w must be finite and its labels two or more, each once")
-    return w.astype(np.float32), labels.tolist()
-
-
-def fit_head(w, n_embd, folder):
-    """w, if it reads the model's hidden state of n_embd numbers; else a ValueError."""
-    if len(w) != n_embd:
-        raise ValueError(f"{os.path.join(folder, HEAD_FILE)} does not fit the model: its head reads {len(w)} numbers "
-                         f"a token and the model gives {n_embd} (n_embd); was it trained on another model size?")
-    return w
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import zipfile
 import sys
 
 import numpy as np
@@ -382,8 +383,8 @@ def check_hf_tensors(entries, hparams, path):
             raise ValueError(f"{path} has no {name}, which {config}'s GPT-2 has")
     for name, entry in entries.items():
         if name not in wanted:
-            raise ValueError(f"{path} holds {name}, which is not one of GPT-2's tensors (GPT2LMHeadModel's or "
-                             "GPT2Model's)")
+            raise ValueError(f"{path} holds {name}, which is not one of GPT-2's tensors (GPT2LMHeadModel's, "
+                             "GPT2Model's or GPT2ForSequenceClassification's)")
         if entry["shape"] != wanted[name]:
             raise ValueError(f"{path}'s {name} is {entry['shape']}, but {config}'s GPT-2 has {wanted[name]}")
         if entry["dtype"] not in ("F32", "F16", "BF16"):
@@ -397,7 +398,7 @@ CHECKPOINT_TEXT = 'model_checkpoint_path: "model.ckpt"\nall_model_checkpoint_pat
 MODEL_FILES = ("checkpoint", *REQUIRED_FILES)  # what save_model_folder writes
 
 
-def save_model_folder(model_dir, params, hparams, vocab_dir, extra_files=None):
+def save_model_folder(model_dir, params, hparams, vocab_dir, extra_files=None, head=None):
     """Save a GPT-2 into model_dir (made if needed) as OpenAI's files, all at once: a process
     killed at any moment leaves the previous save or this one (store.save_files).
 
@@ -408,15 +409,24 @@ def save_model_folder(model_dir, params, hparams, vocab_dir, extra_files=None):
     move), hparams.json, and encoder.json and vocab.bpe copied from vocab_dir (from its vocab.json
     and merges.txt if it is a Hugging Face folder). extra_files:
     {file name: function(path) that writes the file at path}, saved in the same save (a training
-    state, say). verified.json goes: the next load checks the new checksums."""
+    state, say). head: a classifier's (w [n_embd, n_classes], class names), saved as head.npz.
+    verified.json goes: the next load checks the new checksums."""
     tensors = checkpoint_tensors(params, hparams)
+    extra_files = checked_extra_files(extra_files, (*MODEL_FILES, VERIFIED_FILE, "model.ckpt.meta", HEAD_FILE))
+    if head is not None:
+        extra_files[HEAD_FILE] = lambda path: write_head(path, *head)
+    save_files(model_dir, lambda folder: write_model_files(folder, tensors, hparams, vocab_dir, extra_files),
+               stale=(VERIFIED_FILE,))
+
+
+def checked_extra_files(extra_files, own):
+    """A save's extra_files as a new dict, once each is a plain file name and not one of the save's own files."""
     extra_files = dict(extra_files or {})
     for name in extra_files:
         check_file_name(name)
-        if name in (*MODEL_FILES, VERIFIED_FILE, "model.ckpt.meta"):
+        if name in own:
             raise ValueError(f"{name} is one of the model's own files, not an extra file")
-    save_files(model_dir, lambda folder: write_model_files(folder, tensors, hparams, vocab_dir, extra_files),
-               stale=(VERIFIED_FILE,))
+    return extra_files
 
 
 def write_model_files(folder, tensors, hparams, vocab_dir, extra_files):
@@ -446,45 +456,66 @@ def copy_vocab(vocab_dir, folder, names):
 HF_MODEL_FILES = (*HF_FILES, "generation_config.json", "tokenizer_config.json")  # what save_hf_folder writes
 
 
-def save_hf_folder(model_dir, params, hparams, vocab_dir):
+def save_hf_folder(model_dir, params, hparams, vocab_dir, extra_files=None, head=None):
     """Save a GPT-2 into model_dir (made if needed) as Hugging Face's files, all at once, as
     save_model_folder does OpenAI's: what GPT2LMHeadModel.from_pretrained and
-    AutoTokenizer.from_pretrained load. params: as for save_model_folder. Files (hf_format's page):
-    model.safetensors (float32, names with "transformer.", no lm_head.weight, as transformers
-    writes them), config.json, generation_config.json, tokenizer_config.json, and vocab.json and
-    merges.txt copied from vocab_dir's vocabulary files."""
+    AutoTokenizer.from_pretrained load. params, extra_files: as for save_model_folder. Files
+    (hf_format's page): model.safetensors (float32, names with "transformer.", no lm_head.weight, as
+    transformers writes them), config.json, generation_config.json, tokenizer_config.json, and
+    vocab.json and merges.txt copied from vocab_dir's vocabulary files. head: a classifier's
+    (w [n_embd, n_classes], class names), saved as GPT2ForSequenceClassification's score.weight
+    [n_classes, n_embd] and config.json's classes (paragraph 8), which its from_pretrained loads."""
     tensors = {hf_format.PREFIX + hf_format.hf_name(name): array[0] if array.ndim == 3 else array  # [nx, nf] again
                for name, array in checkpoint_tensors(params, hparams).items()}
-    save_files(model_dir, lambda folder: write_hf_files(folder, tensors, hparams, vocab_dir))
+    config = hf_format.config_from_hparams(hparams)
+    if head is not None:
+        tensors[hf_format.SCORE] = np.ascontiguousarray(np.asarray(head[0], np.float32).T)
+        config.update(hf_format.classifier_config(head[1]))
+    extra_files = checked_extra_files(extra_files, HF_MODEL_FILES)
+    save_files(model_dir, lambda folder: write_hf_files(folder, tensors, config, hparams, vocab_dir, extra_files))
 
 
-def write_hf_files(folder, tensors, hparams, vocab_dir):
+def write_hf_files(folder, tensors, config, hparams, vocab_dir, extra_files):
     """save_hf_folder's files, written into folder."""
     hf_format.write_safetensors(os.path.join(folder, "model.safetensors"), tensors)
     eot = {"bos_token_id": 50256, "eos_token_id": 50256}  # <|endoftext|> both starts and ends a text
     tokenizer = {"add_prefix_space": False, "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
                  "errors": "replace", "model_max_length": hparams["n_ctx"], "tokenizer_class": "GPT2Tokenizer",
                  "unk_token": "<|endoftext|>"}
-    for name, settings in (("config.json", hf_format.config_from_hparams(hparams)),
-                           ("generation_config.json", eot), ("tokenizer_config.json", tokenizer)):
-        with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
-            json.dump(settings, f, indent=2, sort_keys=True)
-            f.write("\n")
+    for name, settings in (("config.json", config), ("generation_config.json", eot),
+                           ("tokenizer_config.json", tokenizer)):
+        write_json(os.path.join(folder, name), settings)
     copy_vocab(vocab_dir, folder, ("vocab.json", "merges.txt"))
+    for name, write in extra_files.items():
+        write(os.path.join(folder, name))
+
+
+def write_json(path, settings):
+    """A settings file as transformers and PEFT write theirs: keys sorted, indented, a newline at the end."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(settings, f, indent=2, sort_keys=True)
+        f.write("\n")
 
 
 def convert_model_folder(out, to, model_size="124M", models_dir="models", model_dir=None):
     """Save a model folder, taken as load_encoder_hparams_and_params takes it (model_size and
     models_dir, downloading if need be, or model_dir in either layout), into the new or empty
     folder out in OpenAI's layout (to="openai") or Hugging Face's (to="hf"), all at once. The
-    tensors go over bit for bit (float16 and bfloat16 ones as float32)."""
+    tensors go over bit for bit (float16 and bfloat16 ones as float32), and a classifier's head
+    with them (head.npz <-> GPT2ForSequenceClassification's score.weight and classes)."""
+    check_new_folder(out, to)
+    _, hparams, params = load_encoder_hparams_and_params(model_size, models_dir, model_dir)
+    source = model_dir if model_dir is not None else os.path.join(models_dir, model_size)
+    head = read_head(source, hparams["n_embd"]) if has_head(source) else None
+    (save_hf_folder if to == "hf" else save_model_folder)(out, params, hparams, source, head=head)
+
+
+def check_new_folder(out, to):
+    """That a conversion's --to names a layout and its --out a new or empty folder."""
     if to not in ("openai", "hf"):
         raise ValueError(f"--to is openai or hf, not {to!r}")
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise ValueError(f"{out} is not a new or empty folder: choose another")
-    _, hparams, params = load_encoder_hparams_and_params(model_size, models_dir, model_dir)
-    source = model_dir if model_dir is not None else os.path.join(models_dir, model_size)
-    (save_hf_folder if to == "hf" else save_model_folder)(out, params, hparams, source)
 
 
 def checkpoint_tensors(params, hparams):
@@ -508,33 +539,135 @@ def checkpoint_tensors(params, hparams):
 
 # ---------------------------------------------------------------------------------------------
 # What a run trains beside OpenAI's variables: LoRA adapters and a classifier's head, each a small
-# .npz file beside the checkpoint (numbers and strings only, so np.load reads it without pickle).
+# .npz file beside the checkpoint (numbers and strings only, so np.load reads it without pickle), or in
+# Hugging Face's layout a PEFT adapter folder and GPT2ForSequenceClassification's score (hf_format's 8 and 9).
 
 ADAPTERS_FILE, HEAD_FILE = "adapters.npz", "head.npz"
+PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")  # a PEFT adapter folder (hf_format's paragraph 9)
+# The Hub's copies of OpenAI's models, named as a PEFT folder's base model
+HUB_NAMES = {"124M": "openai-community/gpt2", "355M": "openai-community/gpt2-medium",
+             "774M": "openai-community/gpt2-large", "1558M": "openai-community/gpt2-xl"}
 
 
 def write_adapters(path, params, rank, alpha, targets):
     """adapters.npz: A [in, r] and B [r, out] (float32) of every adapted linear of params, under its flat name
     ("blocks/3/attn/c_attn/A"), and rank, alpha and targets ("c_attn,mlp.c_proj")."""
     tensors = {name: array for name, array in flatten(params).items() if name.endswith(("/A", "/B"))}
+    write_adapter_tensors(path, tensors, rank, alpha, targets)
+
+
+def write_adapter_tensors(path, tensors, rank, alpha, targets, base=None):
+    """adapters.npz of the adapters {flat name: A or B} (read_adapters' first result); base: the base model's name
+    that a PEFT folder gave, kept for the way back."""
     with open(path, "wb") as f:
-        np.savez(f, rank=rank, alpha=alpha, targets=",".join(targets),
+        np.savez(f, rank=rank, alpha=alpha, targets=",".join(targets), **({} if base is None else {"base": base}),
                  **{name: np.asarray(array, np.float32) for name, array in tensors.items()})
 
 
 def read_adapters(path):
-    """({flat name: A or B}, rank, alpha, targets) from adapters.npz (or a folder holding one); a one-line
-    error naming the file if it is missing or damaged."""
+    """({flat name: A [in, r] or B [r, out]}, rank, alpha, targets) from adapters.npz, a folder holding one, or a
+    PEFT adapter folder (read_peft_folder); a one-line error naming the file if it is missing or damaged."""
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, PEFT_FILES[0])):
+        return read_peft_folder(path)
     path = os.path.join(path, ADAPTERS_FILE) if os.path.isdir(path) else path
     try:
         with np.load(path, allow_pickle=False) as saved:
             tensors = {name: saved[name] for name in saved.files if name.endswith(("/A", "/B"))}
             rank, alpha, targets = int(saved["rank"]), float(saved["alpha"]), str(saved["targets"]).split(",")
+        if not tensors:
+            raise ValueError("no A or B")
     except FileNotFoundError:
-        raise ValueError(f"there are no adapters at {path}: give a run's folder or its {ADAPTERS_FILE}") from None
+        raise ValueError(f"there are no adapters at {path}: give a run's folder or its {ADAPTERS_FILE}, or a PEFT "
+                         "adapter folder") from None
     except (OSError, ValueError, KeyError, EOFError):
         raise ValueError(f"{path} is truncated or corrupt: it holds no adapters np.load can read") from None
     return tensors, rank, alpha, targets
+
+
+def read_peft_folder(folder):
+    """read_adapters' result from a folder that PEFT's save_pretrained wrote: its LoRA matrices transposed to
+    this project's layout (hf_format's paragraph 9). A one-line error naming the file for a setting or a tensor
+    this model does not compute, a file missing or damaged."""
+    config_path, path = (os.path.join(folder, name) for name in PEFT_FILES)
+    if not os.path.isfile(path):
+        pickle = os.path.isfile(os.path.join(folder, "adapter_model.bin"))
+        raise ValueError(f"{path} is missing" + (" (adapter_model.bin, PyTorch's pickle, is not read here: load "
+                                                 "it with PEFT and save it again)" if pickle else "") +
+                         f": a PEFT adapter folder needs {' and '.join(PEFT_FILES)}")
+    config = read_json(config_path)
+    try:
+        rank, alpha, targets, layers = hf_format.lora_settings(config)
+    except ValueError as e:
+        raise ValueError(f"{config_path}: {e}") from None
+    try:
+        entries = hf_format.read_header(path)
+        names = hf_format.adapter_tensors(entries, rank, targets, layers)
+        arrays = hf_format.read_tensors(path, entries)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    tensors = {f"blocks/{block}/{module.replace('.', '/')}/{matrix}": np.ascontiguousarray(arrays[name].T)
+               for name, (block, module, matrix) in names.items()}
+    return tensors, rank, float(alpha), targets
+
+
+def save_peft_folder(out, tensors, rank, alpha, targets, base=None):
+    """Save adapters ({flat name: A [in, r] or B [r, out]}, as read_adapters gives them) into out as PEFT's
+    adapter folder, all at once: what PeftModel.from_pretrained loads onto GPT2LMHeadModel (hf_format's paragraph
+    9). Blocks without adapters (a run's --train_blocks) are left out by layers_to_transform. base: the base
+    model's name, for its adapter_config.json."""
+    unknown = [target for target in targets if target not in hf_format.MODULES]
+    if unknown:
+        raise ValueError(f"the adapters' targets name {unknown[0]!r}, not one of {', '.join(hf_format.MODULES)}")
+    peft = {}
+    for name, array in tensors.items():
+        match = re.fullmatch(r"blocks/(\d+)/(attn/c_attn|attn/c_proj|mlp/c_fc|mlp/c_proj)/([AB])", name)
+        if not match:
+            raise ValueError(f"the adapters hold {name}, which is not a LoRA matrix of c_attn, c_proj or c_fc")
+        block, module, matrix = match.groups()
+        peft[f"{hf_format.PEFT_PREFIX}h.{block}.{module.replace('/', '.')}.lora_{matrix}.weight"] = \
+            np.ascontiguousarray(np.asarray(array, np.float32).T)  # [r, in] and [out, r], as PyTorch's Linear
+    blocks = sorted({int(name.split("/")[1]) for name in tensors})
+    config = hf_format.peft_config(rank, alpha, targets, None if blocks == list(range(len(blocks))) else blocks, base)
+
+    def write(folder):
+        hf_format.write_safetensors(os.path.join(folder, PEFT_FILES[1]), peft)
+        write_json(os.path.join(folder, PEFT_FILES[0]), config)
+
+    save_files(out, write)
+
+
+def convert_adapters(adapters, out, to):
+    """Save the LoRA adapters at `adapters` (adapters.npz, a run's folder holding one, or a PEFT adapter folder)
+    into the new or empty folder out, all at once: as PEFT's adapter folder (to="hf") or as adapters.npz
+    (to="openai"). The numbers go over bit for bit."""
+    check_new_folder(out, to)
+    tensors, rank, alpha, targets = read_adapters(adapters)
+    base = adapters_base(adapters)
+    if to == "hf":
+        save_peft_folder(out, tensors, rank, alpha, targets, base)
+    else:
+        save_files(out, lambda folder: write_adapter_tensors(os.path.join(folder, ADAPTERS_FILE), tensors, rank,
+                                                             alpha, targets, base))
+
+
+def adapters_base(path):
+    """The base model the adapters at path (read_adapters has read them) were trained on, as a PEFT folder names
+    it: a PEFT folder's own, or the one adapters.npz kept from one; for a run's, the model it started from (the
+    Hub's copy of OpenAI's for a download, else the folder's path); or None if unknown."""
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, PEFT_FILES[0])):
+        return read_json(os.path.join(path, PEFT_FILES[0])).get("base_model_name_or_path")
+    npz = os.path.join(path, ADAPTERS_FILE) if os.path.isdir(path) else path
+    with np.load(npz, allow_pickle=False) as saved:
+        if "base" in saved.files:
+            return str(saved["base"])
+    from finetune import read_record  # the run's record: train_state.npz is finetune's
+
+    record = read_record(os.path.dirname(npz) or ".")
+    if record is None:
+        return None
+    start = record["start"]["model"]
+    size = os.path.basename(os.path.normpath(start))
+    return HUB_NAMES[size] if size in HUB_NAMES and not is_hf_folder(start) else os.path.abspath(start)
 
 
 def with_adapters(params, tensors, rank, alpha, path):
@@ -559,21 +692,72 @@ def write_head(path, w, labels):
         np.savez(f, w=np.asarray(w, np.float32), labels=np.array(labels, dtype=str))
 
 
-def read_head(model_dir, n_embd):
-    """(w [n_embd, n_classes] float32, [class names]) from model_dir's head.npz; a one-line error if there is
-    none, or it is damaged, or it does not fit a model of width n_embd."""
+def read_head(model_dir, n_embd=None):
+    """(w [n_embd, n_classes] float32, [class names]) of the classifier in model_dir: its head.npz, or in a
+    Hugging Face folder its score.weight and config.json's classes (read_hf_head). A one-line error if there is
+    none, or it is damaged, or it does not fit a model of width n_embd (None: not checked yet; see fit_head)."""
+    w, labels, path = read_hf_head(model_dir) if is_hf_folder(model_dir) else read_npz_head(model_dir)
+    if w.ndim != 2 or w.dtype.kind != "f" or w.shape[1] != len(labels) or not all(isinstance(label, str)
+                                                                                for label in labels):
+        raise ValueError(f"{path} holds a head of shape {list(w.shape)} for {len(labels)} classes: it must hold w "
+                         f"[n_embd, n_classes] (floats) and one label per class; train it again")
+    if not np.isfinite(w).all() or len(set(labels)) != len(labels) or len(labels) < 2:
+        raise ValueError(f"{path} is damaged: its w must be finite and its labels two or more, each once")
+    w = w.astype(np.float32)
+    return (w if n_embd is None else fit_head(w, n_embd, path)), labels
+
+
+def fit_head(w, n_embd, path):
+    """w, if it reads a hidden state of n_embd numbers (the model's width); else a one-line error naming path."""
+    if len(w) != n_embd:
+        raise ValueError(f"{path} holds a head of shape {list(w.shape)} for {w.shape[1]} classes, which does not fit "
+                         f"this model (n_embd {n_embd}): was it trained on another model size?")
+    return w
+
+
+def read_npz_head(model_dir):
+    """(w, class names, path) of model_dir's head.npz, read without pickle."""
     path = os.path.join(model_dir, HEAD_FILE)
     if not os.path.isfile(path):
-        raise ValueError(f"{model_dir} has no {HEAD_FILE}: it was not trained with train.py --task classify")
+        raise ValueError(f"{model_dir} has no {HEAD_FILE}: it was not trained with `python train.py --task classify`, "
+                         "which saves the classifier's head beside the model")
     try:
         with np.load(path, allow_pickle=False) as saved:
-            w, labels = saved["w"], [str(label) for label in saved["labels"]]
-    except (OSError, ValueError, KeyError, EOFError):
-        raise ValueError(f"{path} is truncated or corrupt: train the classifier again") from None
-    if w.dtype != np.float32 or w.shape != (n_embd, len(labels)) or len(labels) < 2:
-        raise ValueError(f"{path} holds a head of shape {list(w.shape)} for {len(labels)} classes, which does not "
-                         f"fit this model (n_embd {n_embd})")
-    return w, labels
+            w, labels = saved["w"], saved["labels"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} is damaged ({e}): train it again with `python train.py --task classify`") from None
+    return w, labels.tolist() if labels.dtype.kind == "U" and labels.ndim == 1 else [None], path
+
+
+def read_hf_head(model_dir):
+    """(w = score.weight transposed, class names, path) of a Hugging Face classifier folder (hf_format's 8)."""
+    check_files(model_dir, HF_FILES[:2])
+    config_path, path = (os.path.join(model_dir, name) for name in HF_FILES[:2])
+    try:
+        entries = {name.removeprefix(hf_format.PREFIX): entry for name, entry in hf_format.read_header(path).items()}
+    except ValueError as e:
+        raise ValueError(f"{path} is not a whole safetensors file: {e}") from None
+    if hf_format.SCORE not in entries:
+        raise ValueError(f"{model_dir} is not a classifier: its model.safetensors holds no {hf_format.SCORE} "
+                         f"({hf_format.CLASSIFIER}'s head), as train.py --task classify --save_format hf saves")
+    config = read_json(config_path)
+    try:
+        labels = hf_format.labels_from_config(config)
+    except ValueError as e:
+        raise ValueError(f"{config_path}: {e}") from None
+    try:
+        score = hf_format.read_tensors(path, {hf_format.SCORE: entries[hf_format.SCORE]})[hf_format.SCORE]
+    except ValueError as e:  # a dtype other than F32, F16 or BF16
+        raise ValueError(f"{path}'s {hf_format.SCORE}: {e}") from None
+    return np.array(score.T, order="C"), labels, path  # a copy: nothing keeps the file mapped
+
+
+def has_head(model_dir):
+    """Whether model_dir holds a classifier's head: head.npz, or in a Hugging Face folder a score.weight."""
+    if not is_hf_folder(model_dir):
+        return os.path.isfile(os.path.join(model_dir, HEAD_FILE))
+    names = hf_format.read_header(os.path.join(model_dir, "model.safetensors"))
+    return any(name.removeprefix(hf_format.PREFIX) == hf_format.SCORE for name in names)
 
 
 # ---------------------------------------------------------------------------------------------

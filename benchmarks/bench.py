@@ -28,8 +28,10 @@ Each figure is printed next to its baseline, since timings on a shared machine d
                 backward alone, and of one doing two AdamW steps on a writable copy of the weights, / the
                 weights; one AdamW step's time / the forward + backward's (--train_only: these rows alone)
   train less    a whole step (forward + backward + AdamW) with LoRA (rank 8 on c_attn) and with train_blocks=2 /
-                a full step's, taking turns; the peak memory of two LoRA steps / the weights (--less_only: these
-                rows alone; --lora_peak_only: the memory row alone, for 1558M)
+                a full step's, taking turns; with --torch_python, PyTorch's full step and PEFT's LoRA step (rank 8
+                on c_attn, its default for GPT-2) / this project's, taking turns with them; the peak memory of two
+                LoRA steps / the weights (--less_only: these rows alone; --lora_peak_only: the memory row alone,
+                for 1558M)
 """
 import argparse
 import functools
@@ -186,8 +188,9 @@ def parse_args():
                         "full step, and the peak memory of LoRA steps")
     parser.add_argument("--lora_peak_only", action="store_true", help="only the peak memory of LoRA steps (for "
                         "1558M, whose full step does not fit)")
-    parser.add_argument("--torch_python", help="a Python with torch and transformers: adds PyTorch's forward + "
-                        "backward, taking turns with train.py's (see benchmarks/pytorch_baseline.py)")
+    parser.add_argument("--torch_python", help="a Python with torch and transformers (and peft, for --less_only): "
+                        "adds PyTorch's forward + backward, or whole steps, taking turns with train.py's (see "
+                        "benchmarks/pytorch_baseline.py)")
     return parser.parse_args()
 
 
@@ -413,7 +416,8 @@ def train_rows(args):
 def less_rows(args):
     """A whole fine-tuning step (forward + backward + AdamW on what trains) with LoRA (rank 8 on every c_attn) and
     with the last two blocks (train_blocks=2), each against a full step, taking turns; the peak memory of two
-    LoRA steps (alone with --lora_peak_only, for a size whose full step does not fit: 1558M)."""
+    LoRA steps (alone with --lora_peak_only, for a size whose full step does not fit: 1558M). With --torch_python,
+    PyTorch's full step and PEFT's LoRA step take their turns too, each against this project's."""
     _, hparams, params = load_encoder_hparams_and_params(args.model_size, args.models_dir)
     n_batch, n_seq = TRAIN_SHAPE
     rows, weights = [], sum(p.nbytes for p in train.leaves(params)) / 2**20
@@ -423,16 +427,31 @@ def less_rows(args):
         steps = {"full": step_of(params, train.trained_names(params), ids, hparams["n_head"]),
                  "LoRA (rank 8, c_attn)": step_of(lora, train.trained_names(lora), ids, hparams["n_head"]),
                  "train_blocks=2": step_of(params, train.trained_names(params, 2), ids, hparams["n_head"])}
+        theirs = {"PyTorch full": ("full", "--adamw"), "PEFT LoRA (rank 8, c_attn)": ("LoRA (rank 8, c_attn)",
+                                                                                       "--adamw", "--lora", "8")}
+        if args.torch_python:
+            steps.update({name: pytorch_server(args, *flags) for name, (_, *flags) in theirs.items()})
         rounds = [{name: settled(step) for name, step in steps.items()} for _ in range(3)]
-        full = float(np.median([r["full"] for r in rounds]))
-        for name in list(steps)[1:]:
-            rows.append((f"{name} step {n_batch}x{n_seq}", f"{np.median([r[name] for r in rounds]):.2f} s",
-                         f"full step {full:.2f} s", f"{np.median([r['full'] / r[name] for r in rounds]):.2f}x as fast"))
+        rows += [step_row(rounds, name, theirs[name][0], pytorch=True) if name in theirs else
+                 step_row(rounds, name, "full") for name in list(steps)[1:]]
     _, peak = run_peak([sys.executable, "-c", TRAIN_CHILD, ROOT, args.model_size, args.models_dir, "lora",
                         str(n_batch), str(n_seq)])
     rows.append((f"peak memory, 2 LoRA steps {n_batch}x{n_seq}", f"{peak:.0f} MB", f"weights {weights:.0f} MB",
                  f"weights + {peak - weights:.0f} MB"))
     return rows
+
+
+def step_row(rounds, name, against, pytorch=False):
+    """A row of less_rows: the median seconds of the step `name` and of the step `against`, and how many times as
+    fast `name` is (for PyTorch's steps, how many times as fast this project's `against` is, as train_rows says)."""
+    def median(f):
+        return float(np.median([f(r) for r in rounds]))
+
+    n_batch, n_seq = TRAIN_SHAPE
+    numpy = "numpy " if pytorch else ""
+    ratio = median(lambda r: r[name] / r[against] if pytorch else r[against] / r[name])
+    return (f"{name} step {n_batch}x{n_seq}", f"{median(lambda r: r[name]):.2f} s",
+            f"{numpy}{against} step {median(lambda r: r[against]):.2f} s", f"{numpy}{ratio:.2f}x as fast")
 
 
 def step_of(params, names, ids, n_head):
@@ -456,13 +475,13 @@ def settled(f):
     return best_of(f, 1)
 
 
-def pytorch_server(args):
-    """A function that has pytorch_baseline.py --serve, in args.torch_python, do one forward + backward (or
-    nothing, without it)."""
+def pytorch_server(args, *flags):
+    """A function that has pytorch_baseline.py --serve, in args.torch_python, do one forward + backward, or one
+    whole step with flags such as --adamw (or nothing, without --torch_python)."""
     if not args.torch_python:
         return lambda: None
-    server = subprocess.Popen([args.torch_python, os.path.join(ROOT, "benchmarks", "pytorch_baseline.py"), "--serve"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen([args.torch_python, os.path.join(ROOT, "benchmarks", "pytorch_baseline.py"), "--serve",
+                               *flags], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     if server.stdout.readline().strip() != "ready":
         sys.exit("pytorch_baseline.py --serve did not start")
 

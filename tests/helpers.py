@@ -260,6 +260,14 @@ def transformers():
     return hf
 
 
+def peft():
+    """Hugging Face's PEFT, the reference for its LoRA adapter folders, imported as transformers() is."""
+    transformers()
+    import peft as hf_peft
+
+    return hf_peft
+
+
 def torch_params(model):
     """The weights of a transformers GPT2LMHeadModel or GPT2Model as torch holds them, read through its modules
     (not through any file's names), as a float32 NumPy tree shaped like utils' params."""

@@ -98,7 +98,7 @@ def test_each_line_and_a_text_longer_than_the_context(classifier, tmp_path):
     (None, "has no head.npz: it was not trained with `python train.py --task classify`"),
     (b"PK\x03\x04 not a whole zip", "head.npz is damaged"),
     (dict(w=np.zeros((32, 2), np.float32), labels=np.array(["a", "b"])),
-     "head.npz does not fit the model: its head reads 32 numbers a token and the model gives 64"),
+     "head.npz holds a head of shape [32, 2] for 2 classes, which does not fit this model (n_embd 64)"),
     (dict(w=np.zeros((64, 2), np.float32), labels=np.array(["a", {}], object)), "head.npz is damaged"),
 ])
 def test_a_folder_without_a_fitting_head_is_one_line(tiny_models, tmp_path, head, message):
