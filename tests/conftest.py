@@ -2,6 +2,7 @@
 saves them, written once per run."""
 import math
 import os
+import shutil
 import sys
 
 import pytest
@@ -61,6 +62,9 @@ def hf_models(tmp_path_factory):
 
     def make(shape):
         if shape not in made:
+            if shape != "tiny":  # a real shape's four folders take up to 1.3 GB: keep one real shape's at a time
+                for old in [old for old in made if old != "tiny"]:
+                    shutil.rmtree(os.path.dirname(made.pop(old)["lm", "float32"]))
             made[shape] = save_pretrained_folders(tmp_path_factory.mktemp(f"hf-{shape}"), shape)
         return made[shape]
 
@@ -69,8 +73,6 @@ def hf_models(tmp_path_factory):
 
 def save_pretrained_folders(root, shape):
     """save_pretrained's folders of hf_models, under root."""
-    import shutil
-
     import torch
     from helpers import transformers
     from vocab import vocab_dir
@@ -115,6 +117,14 @@ def trained_looking(model):
                 p.normal_(0, 0.02)
             else:  # Conv1D [in, out]
                 p.normal_(0, (4 if "c_proj" in name else 1) / math.sqrt(p.shape[0]))
+
+
+@pytest.fixture
+def tmp_path(tmp_path):
+    """pytest's tmp_path, removed when its test ends: the real-shape tests write about 7 GB in all, more than
+    a CI machine's disk may have free, and pytest keeps every test's folder until the next run."""
+    yield tmp_path
+    shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

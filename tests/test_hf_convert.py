@@ -4,6 +4,7 @@ giving the TensorFlow reference's logits and the project's token ids; OpenAI -> 
 for bit; the safetensors file is byte for byte the safetensors package's; the write is atomic and only into a new
 or empty folder."""
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -34,7 +35,9 @@ def converted(make_models, tmp_path_factory):
             made[shape] = os.path.join(models_dir, size), out
         return made[shape]
 
-    return convert
+    yield convert
+    for _, out in made.values():  # about 1 GB at the real shapes
+        shutil.rmtree(os.path.dirname(out))
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
