@@ -30,8 +30,9 @@ Each figure is printed next to its baseline, since timings on a shared machine d
   train less    a whole step (forward + backward + AdamW) with LoRA (rank 8 on c_attn) and with train_blocks=2 /
                 a full step's, taking turns; with --torch_python, PyTorch's full step and PEFT's LoRA step (rank 8
                 on c_attn, its default for GPT-2) / this project's, taking turns with them; the peak memory of two
-                LoRA steps / the weights (--less_only: these rows alone; --lora_peak_only: the memory row alone,
-                for 1558M)
+                full steps, of two LoRA steps and of two train_blocks=2 steps, each process alone, / the weights,
+                with the second step's seconds (--less_only: these rows alone; --less_peak_only: LoRA's and
+                train_blocks=2's memory rows alone, for 1558M)
 """
 import argparse
 import functools
@@ -185,9 +186,9 @@ def parse_args():
     parser.add_argument("--batch_only", action="store_true", help="only the samples and score_many rows")
     parser.add_argument("--train_only", action="store_true", help="only the forward + backward and AdamW rows")
     parser.add_argument("--less_only", action="store_true", help="only the LoRA and train_blocks=2 steps against a "
-                        "full step, and the peak memory of LoRA steps")
-    parser.add_argument("--lora_peak_only", action="store_true", help="only the peak memory of LoRA steps (for "
-                        "1558M, whose full step does not fit)")
+                        "full step, and the peak memory of each of the three")
+    parser.add_argument("--less_peak_only", action="store_true", help="only the peak memory of LoRA and "
+                        "train_blocks=2 steps (for 1558M, whose full step does not fit)")
     parser.add_argument("--torch_python", help="a Python with torch and transformers (and peft, for --less_only): "
                         "adds PyTorch's forward + backward, or whole steps, taking turns with train.py's (see "
                         "benchmarks/pytorch_baseline.py)")
@@ -200,7 +201,7 @@ def main():
     load_encoder_hparams_and_params(args.model_size, args.models_dir)  # any download happens here, untimed
     if args.train_only:
         return print_rows(args, train_rows(args))
-    if args.less_only or args.lora_peak_only:
+    if args.less_only or args.less_peak_only:
         return print_rows(args, less_rows(args))
     if args.batch_only:
         _, hparams, params = load_encoder_hparams_and_params(args.model_size, args.models_dir)
@@ -327,9 +328,11 @@ TRAIN_SHAPE = (4, 256)  # [n_batch, n_seq] of the training rows
 
 # Training in a process of its own, for its peak memory: forward + backward alone on the loader's weights
 # ("fwd+bwd"), or two steps of a fine-tuning run ("adamw"): a writable copy of the weights, forward + backward,
-# AdamW (weights + gradients + two moments), the gradients dropped before the next step; or two such steps of
-# LoRA ("lora": rank 8 on every c_attn, the weights the loader's, the adapters alone copied and updated).
-TRAIN_CHILD = """import sys
+# AdamW (weights + gradients + two moments), the gradients dropped before the next step; or two steps as train.py
+# takes them, with the second one's seconds written to a file: every tensor trained ("full"), LoRA ("lora": rank 8
+# on every c_attn, the weights the loader's, the adapters alone copied and updated) or the last two blocks and ln_f
+# ("blocks", the others the loader's).
+TRAIN_CHILD = """import sys, time
 sys.path.insert(0, sys.argv[1])
 import numpy as np, train
 from utils import load_encoder_hparams_and_params
@@ -337,15 +340,19 @@ _, hparams, params = load_encoder_hparams_and_params(sys.argv[2], sys.argv[3])
 ids = np.random.default_rng(0).integers(0, hparams["n_vocab"], (int(sys.argv[5]), int(sys.argv[6]) + 1))
 if sys.argv[4] == "fwd+bwd":
     train.loss_and_grads(ids[:, :-1], ids[:, 1:], params, hparams["n_head"])
-elif sys.argv[4] == "lora":
-    params = train.add_lora(params, 8, 16, rng=0)
-    names = train.trained_names(params)
+elif sys.argv[4] in ("full", "lora", "blocks"):  # as train.py steps: AdamW on writable copies of what trains
+    if sys.argv[4] == "lora":
+        params = train.add_lora(params, 8, 16, rng=0)
+    names = train.trained_names(params, 2 if sys.argv[4] == "blocks" else None)
     params, trained = train.writable_trained(params, names)
     state = train.adamw_state(trained)
     for _ in range(2):
+        start = time.perf_counter()
         loss, grads = train.loss_and_grads(ids[:, :-1], ids[:, 1:], params, hparams["n_head"], names)
         train.adamw(trained, grads, state, lr=1e-4, weight_decay=0.1, max_norm=1.0)
         del grads
+    with open(sys.argv[7], "w") as f:  # the second step's seconds
+        f.write(str(time.perf_counter() - start))
 else:
     params = train.writable_copy(params)
     state = train.adamw_state(params)
@@ -416,12 +423,13 @@ def train_rows(args):
 def less_rows(args):
     """A whole fine-tuning step (forward + backward + AdamW on what trains) with LoRA (rank 8 on every c_attn) and
     with the last two blocks (train_blocks=2), each against a full step, taking turns; the peak memory of two
-    LoRA steps (alone with --lora_peak_only, for a size whose full step does not fit: 1558M). With --torch_python,
+    full, LoRA and train_blocks=2 steps, each in a process of its own, with its second step's seconds (LoRA's and
+    train_blocks=2's alone with --less_peak_only, for a size whose full step does not fit: 1558M). With --torch_python,
     PyTorch's full step and PEFT's LoRA step take their turns too, each against this project's."""
     _, hparams, params = load_encoder_hparams_and_params(args.model_size, args.models_dir)
     n_batch, n_seq = TRAIN_SHAPE
     rows, weights = [], sum(p.nbytes for p in train.leaves(params)) / 2**20
-    if not args.lora_peak_only:
+    if not args.less_peak_only:
         ids = np.random.default_rng(0).integers(0, hparams["n_vocab"], (n_batch, n_seq + 1))
         lora = train.add_lora(params, 8, 16, rng=0)
         steps = {"full": step_of(params, train.trained_names(params), ids, hparams["n_head"]),
@@ -434,10 +442,16 @@ def less_rows(args):
         rounds = [{name: settled(step) for name, step in steps.items()} for _ in range(3)]
         rows += [step_row(rounds, name, theirs[name][0], pytorch=True) if name in theirs else
                  step_row(rounds, name, "full") for name in list(steps)[1:]]
-    _, peak = run_peak([sys.executable, "-c", TRAIN_CHILD, ROOT, args.model_size, args.models_dir, "lora",
-                        str(n_batch), str(n_seq)])
-    rows.append((f"peak memory, 2 LoRA steps {n_batch}x{n_seq}", f"{peak:.0f} MB", f"weights {weights:.0f} MB",
-                 f"weights + {peak - weights:.0f} MB"))
+    modes = [("full", "full"), ("lora", "LoRA"), ("blocks", "train_blocks=2")][1 if args.less_peak_only else 0:]
+    for mode, name in modes:
+        with tempfile.TemporaryDirectory() as folder:
+            seconds = os.path.join(folder, "seconds")
+            _, peak = run_peak([sys.executable, "-c", TRAIN_CHILD, ROOT, args.model_size, args.models_dir, mode,
+                                str(n_batch), str(n_seq), seconds])
+            with open(seconds) as f:
+                second = float(f.read())
+        rows.append((f"peak memory, 2 {name} steps {n_batch}x{n_seq}", f"{peak:.0f} MB", f"weights {weights:.0f} MB",
+                     f"weights + {peak - weights:.0f} MB; the second step {second:.2f} s"))
     return rows
 
 
