@@ -57,7 +57,7 @@ def hf_models(tmp_path_factory):
     save_pretrained as GPT2LMHeadModel (kind "lm": names with "transformer.") and as GPT2Model ("base": without),
     in float32 and float16. The "lm" folders hold GPT-2's tokenizer as transformers 5 saves it (tokenizer.json
     alone), the "base" ones GPT-2's vocab.json and merges.txt (as older versions and the Hub's folders). Written
-    once per test run."""
+    once per test run (a real shape's folders kept until another real shape is asked for)."""
     made = {}
 
     def make(shape):
