@@ -327,39 +327,29 @@ def batch_rows(params, n_head):
 TRAIN_SHAPE = (4, 256)  # [n_batch, n_seq] of the training rows
 
 # Training in a process of its own, for its peak memory: forward + backward alone on the loader's weights
-# ("fwd+bwd"), or two steps of a fine-tuning run ("adamw"): a writable copy of the weights, forward + backward,
-# AdamW (weights + gradients + two moments), the gradients dropped before the next step; or two steps as train.py
-# takes them, with the second one's seconds written to a file: every tensor trained ("full"), LoRA ("lora": rank 8
-# on every c_attn, the weights the loader's, the adapters alone copied and updated) or the last two blocks and ln_f
-# ("blocks", the others the loader's).
+# ("fwd+bwd"), or two steps as train.py takes them (step_of: AdamW on writable copies of what trains, the gradients
+# dropped before the next step), every tensor trained ("full": weights + gradients + two moments), LoRA ("lora":
+# rank 8 on every c_attn, the weights the loader's, the adapters alone copied and updated) or the last two blocks
+# and ln_f ("blocks", the others the loader's); the second step's seconds go to the file argv[7], if given.
 TRAIN_CHILD = """import sys, time
-sys.path.insert(0, sys.argv[1])
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/benchmarks"]
 import numpy as np, train
+from bench import step_of
 from utils import load_encoder_hparams_and_params
 _, hparams, params = load_encoder_hparams_and_params(sys.argv[2], sys.argv[3])
 ids = np.random.default_rng(0).integers(0, hparams["n_vocab"], (int(sys.argv[5]), int(sys.argv[6]) + 1))
 if sys.argv[4] == "fwd+bwd":
     train.loss_and_grads(ids[:, :-1], ids[:, 1:], params, hparams["n_head"])
-elif sys.argv[4] in ("full", "lora", "blocks"):  # as train.py steps: AdamW on writable copies of what trains
+else:
     if sys.argv[4] == "lora":
         params = train.add_lora(params, 8, 16, rng=0)
-    names = train.trained_names(params, 2 if sys.argv[4] == "blocks" else None)
-    params, trained = train.writable_trained(params, names)
-    state = train.adamw_state(trained)
+    step = step_of(params, train.trained_names(params, 2 if sys.argv[4] == "blocks" else None), ids, hparams["n_head"])
     for _ in range(2):
         start = time.perf_counter()
-        loss, grads = train.loss_and_grads(ids[:, :-1], ids[:, 1:], params, hparams["n_head"], names)
-        train.adamw(trained, grads, state, lr=1e-4, weight_decay=0.1, max_norm=1.0)
-        del grads
-    with open(sys.argv[7], "w") as f:  # the second step's seconds
-        f.write(str(time.perf_counter() - start))
-else:
-    params = train.writable_copy(params)
-    state = train.adamw_state(params)
-    for _ in range(2):
-        loss, grads = train.loss_and_grads(ids[:, :-1], ids[:, 1:], params, hparams["n_head"])
-        train.adamw(params, grads, state, lr=1e-4, weight_decay=0.1, max_norm=1.0)
-        del grads"""
+        step()
+    if len(sys.argv) > 7:
+        with open(sys.argv[7], "w") as f:
+            f.write(str(time.perf_counter() - start))"""
 
 
 def train_flops(hparams, n_batch, n_seq, block=gpt2.QUERY_BLOCK):
@@ -443,8 +433,8 @@ def less_rows(args):
         rows += [step_row(rounds, name, theirs[name][0], pytorch=True) if name in theirs else
                  step_row(rounds, name, "full") for name in list(steps)[1:]]
         del steps, lora  # their copies and moments (12 GB at 774M) must not sit beside the children's below
-    modes = [("full", "full"), ("lora", "LoRA"), ("blocks", "train_blocks=2")][1 if args.less_peak_only else 0:]
-    for mode, name in modes:
+    modes = [("lora", "LoRA"), ("blocks", "train_blocks=2")]
+    for mode, name in modes if args.less_peak_only else [("full", "full"), *modes]:
         with tempfile.TemporaryDirectory() as folder:
             seconds = os.path.join(folder, "seconds")
             _, peak = run_peak([sys.executable, "-c", TRAIN_CHILD, ROOT, args.model_size, args.models_dir, mode,
@@ -512,7 +502,7 @@ def train_memory_rows(args, weights):
     """Peak memory of forward + backward, of two AdamW steps, and of PyTorch's forward + backward if asked."""
     n_batch, n_seq = TRAIN_SHAPE
     rows, peaks = [], {}
-    for mode, label in (("fwd+bwd", "fwd+bwd"), ("adamw", "2 AdamW steps")):
+    for mode, label in (("fwd+bwd", "fwd+bwd"), ("full", "2 AdamW steps")):
         _, peaks[mode] = run_peak([sys.executable, "-c", TRAIN_CHILD, ROOT, args.model_size, args.models_dir, mode,
                                    str(n_batch), str(n_seq)])
         rows.append((f"peak memory, {label} {n_batch}x{n_seq}", f"{peaks[mode]:.0f} MB", f"weights {weights:.0f} MB",
