@@ -366,11 +366,11 @@ def print_classified(rows, probs, classes):
 
 def classify_texts(flags, folder, rows):
     """gpt2.py --classify: the head read (before any download), the model loaded, each text's classes printed."""
-    from utils import read_head
+    from utils import HEAD_FILE, fit_head, is_hf_folder, read_head
 
-    read_head(folder)  # a missing or damaged head is found before anything is downloaded
+    w, classes = read_head(folder)  # a missing or damaged head is found before anything is downloaded
     encoder, hparams, params = load_model(flags)
-    w, classes = read_head(folder, hparams["n_embd"])
+    w = fit_head(w, hparams["n_embd"], os.path.join(folder, "model.safetensors" if is_hf_folder(folder) else HEAD_FILE))
     texts = [flags["prompt"]] if rows is None else [text for _, text, _ in rows]
     ids = last_tokens([encoder.encode(text) for text in texts], hparams["n_ctx"],
                       None if rows is None else [line for line, _, _ in rows])
@@ -382,23 +382,26 @@ def check_choice_labels(rows, choices, path):
     """A labeled --prompt_file's labels are the choices: a label that is no choice could never be chosen, and a
     choice that is no label is most likely mistyped."""
     labels = {label for _, _, label in rows if label is not None}
-    for line, _, label in rows:
-        if label is not None and label not in choices:
-            raise ValueError(f"--prompt_file {path}, line {line}: the label {label!r} is not one of --choices "
-                             f"({'|'.join(choices)}): give the file's labels as the choices")
-    missing = [choice for choice in choices if labels and choice not in labels]
+    check_labels_are_choices(rows, choices, "--prompt_file", path, "give the file's labels as the choices")
+    missing = [choice for choice in choices if choice not in labels] if labels else []
     if missing:
         raise ValueError(f"--choices {missing[0]!r} is not a label of --prompt_file {path} (its labels: "
                          f"{'|'.join(sorted(labels))}): give the file's labels as the choices")
 
 
+def check_labels_are_choices(rows, choices, flag, path, why):
+    """Every label of a labeled file's rows (line, text, label or None) is one of the choices; else an error
+    naming the row, ending in why."""
+    for line, _, label in rows:
+        if label is not None and label not in choices:
+            raise ValueError(f"{flag} {path}, line {line}: the label {label!r} is not one of --choices "
+                             f"({'|'.join(choices)}): {why}")
+
+
 def read_shots(path, k, choices):
     """The (text, label) examples of --shots_from, k at least, each answered by one of the choices."""
     rows = tasks.read_labeled(path, "--shots_from")
-    for line, _, label in rows:
-        if label not in choices:
-            raise ValueError(f"--shots_from {path}, line {line}: the label {label!r} is not one of --choices "
-                             f"({'|'.join(choices)}): an example must answer with a choice")
+    check_labels_are_choices(rows, choices, "--shots_from", path, "an example must answer with a choice")
     if len(rows) < k:
         raise ValueError(f"--shots {k} asks for more examples than --shots_from {path} holds ({len(rows)})")
     return [(text, label) for _, text, label in rows]
@@ -413,8 +416,8 @@ def choice_prompts(flags, rows, choices):
     rng = np.random.default_rng(0 if flags["seed"] is None else flags["seed"])
     if rows is None:
         rows = [(None, flags["prompt"].replace("\\n", "\n"), None)]
-    return [(line, tasks.few_shot_prompt(template, tasks.draw_shots(shots, flags["shots"], rng, text) if shots else [],
-                                         text), label) for line, text, label in rows]
+    return [(line, tasks.few_shot_prompt(template, tasks.draw_shots(shots, flags["shots"], rng, text), text), label)
+            for line, text, label in rows]
 
 
 def choice_ids(prompts, choices, encoder, n_ctx, shots):
@@ -455,10 +458,9 @@ def print_chosen(prompts, scores, choices):
     for (line, _, _), (by_total, by_char) in zip(prompts, chosen):
         print(f"{line}\t{choices[by_total]}\t{choices[by_char]}")
     labeled = [(choices.index(label), pair) for (_, _, label), pair in zip(prompts, chosen) if label is not None]
-    for name, k in (("acc", 0), ("acc_norm", 1)):
-        if labeled:
-            right = sum(truth == pair[k] for truth, pair in labeled)
-            print(f"{name} {right / len(labeled):.4f} ({right} of {len(labeled)})")
+    for name, k in (("acc", 0), ("acc_norm", 1)) if labeled else ():
+        right = sum(truth == pair[k] for truth, pair in labeled)
+        print(f"{name} {right / len(labeled):.4f} ({right} of {len(labeled)})")
     return [(choices[i], choices[j]) for i, j in chosen]
 
 

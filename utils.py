@@ -15,14 +15,14 @@ import json
 import os
 import re
 import shutil
-import zipfile
 import sys
+import zipfile
 
 import numpy as np
 
-from encoder import MAX_FILE_BYTES, Encoder, fits, read_encoder
 import hf_format
 import tf_checkpoint
+from encoder import MAX_FILE_BYTES, Encoder, fits, read_encoder
 from store import DATA_FILE, INDEX_FILE, REQUIRED_FILES, DamagedFile, base_url, check_file_name, check_model_size, \
     download_gpt2_files, save_files, set_aside, settled_folder, where_else
 # Imported from utils before the store and the format had files of their own; they still are.

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import zlib
 
 import numpy as np
@@ -71,6 +72,21 @@ def start(program, *args, base_url=None, env=None, cwd=None, text=True):
     return subprocess.Popen([sys.executable, os.path.join(ROOT, program), *args], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=text,
                             encoding="utf-8" if text else None, env=env, cwd=cwd, preexec_fn=restore_sigint)
+
+
+def kill_while_saving(process, out):
+    """SIGKILL a train.py process started with --save_every 1 into out in the middle of a save: after its first
+    save, as soon as the next one's .saving folder exists."""
+    from store import SAVING_DIR
+
+    for line in process.stdout:  # in the loop that saves every step
+        if "saved to" in line:
+            break
+    while not os.path.isdir(os.path.join(out, SAVING_DIR)) and process.poll() is None:
+        time.sleep(0.001)
+    assert process.poll() is None, "the run ended before it was killed: give it more steps"
+    process.kill()
+    process.communicate()
 
 
 def run(program, *args, stdin=b"", base_url=None, env=None, cwd=None, timeout=300):

@@ -161,7 +161,7 @@ def test_an_lm_head_of_its_own_is_refused(tiny_hf, tmp_path):
     tensors["lm_head.weight"][7, 3] += 1
     folder = copy_with(tiny_hf, tmp_path, tensors)
     refused(folder, os.path.join(folder, "model.safetensors"),
-                          "lm_head.weight differs from its wte.weight", "tied")
+            "lm_head.weight differs from its wte.weight", "tied")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,14 +349,14 @@ def test_a_config_that_is_not_json_is_named(tiny_hf, tmp_path):
     with open(os.path.join(folder, "config.json"), "a") as f:
         f.write(",")
     refused(folder, os.path.join(folder, "config.json"),
-                          "is truncated or corrupt")
+            "is truncated or corrupt")
 
 
 @pytest.mark.parametrize("value", [0, -1, 2.5, "64", 1 << 30])
 def test_a_shape_that_is_not_a_whole_number_is_named(tiny_hf, tmp_path, value):
     folder = copy_with(tiny_hf, tmp_path, config={"n_embd": value})
     refused(folder, os.path.join(folder, "config.json"),
-                          "does not hold GPT-2's vocab_size, n_positions, n_embd, n_head, n_layer")
+            "does not hold GPT-2's vocab_size, n_positions, n_embd, n_head, n_layer")
 
 
 # ---------------------------------------------------------------------------------------------

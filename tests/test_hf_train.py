@@ -10,7 +10,8 @@ import pytest
 
 import gpt2
 from finetune import index_sha256
-from helpers import DICKENS, assert_one_line_error, peft, run, tensorflow_logits, train_cli, transformers
+from helpers import assert_one_line_error, peft, run, straight_and_resumed, tensorflow_logits, train_cli, \
+    transformers
 from utils import HF_MODEL_FILES, convert_adapters, convert_model_folder, load_encoder_hparams_and_params, read_head, \
     save_hf_folder
 
@@ -22,11 +23,11 @@ LABELED = "text,label\n" + "".join(f"it was the {word} of times {i},{label}\n" f
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("hf-train-data")
-    (folder / "dickens.txt").write_text(DICKENS * 12, encoding="utf-8")
-    (folder / "labeled.csv").write_text(LABELED, encoding="utf-8")
-    return str(folder / "dickens.txt"), str(folder / "labeled.csv")
+def data(dickens, tmp_path_factory):
+    """(a text, a labeled file of three classes)."""
+    path = tmp_path_factory.mktemp("hf-train-data") / "labeled.csv"
+    path.write_text(LABELED, encoding="utf-8")
+    return dickens, str(path)
 
 
 def file_bytes(path):
@@ -44,11 +45,7 @@ def assert_same_run(a, b):
 
 def test_a_run_saved_as_hf_loads_in_transformers_and_resumes_bit_for_bit(tiny_models, data, tmp_path):
     model = ("--model_dir", os.path.join(tiny_models, "124M"), "--save_format", "hf")
-    straight = train_cli("--data", data[0], *model, "--out", str(tmp_path / "straight"), "--steps", "6", *FAST)
-    first = train_cli("--data", data[0], *model, "--out", str(tmp_path / "resumed"), "--steps", "3", *FAST)
-    second = train_cli("--data", data[0], "--out", str(tmp_path / "resumed"), "--steps", "6", "--resume")
-    for result in (straight, first, second):
-        assert result.returncode == 0, result.stderr
+    straight_and_resumed((*model, *FAST), data[0], tmp_path, 6)
     assert set(HF_MODEL_FILES) | {"train_state.npz", "log.csv"} <= set(os.listdir(tmp_path / "straight"))
     assert "hparams.json" not in os.listdir(tmp_path / "straight")
     assert_same_run(str(tmp_path / "straight"), str(tmp_path / "resumed"))

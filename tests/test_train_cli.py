@@ -3,14 +3,13 @@ OpenAI's checkpoint layout read back by TensorFlow, resuming bit for bit, SIGKIL
 one-line error for each kind of bad input."""
 import os
 import signal
-import time
 
 import numpy as np
 import pytest
 
 import store
-from helpers import DICKENS, assert_one_line_error, data_bytes, gpt2_cli, log_rows, reference_greedy_text, start, \
-    straight_and_resumed, tensorflow_arrays, train_cli
+from helpers import DICKENS, assert_one_line_error, data_bytes, gpt2_cli, kill_while_saving, log_rows, \
+    reference_greedy_text, start, straight_and_resumed, tensorflow_arrays, train_cli
 from server import serve
 from utils import flatten, load_encoder_hparams_and_params
 
@@ -72,15 +71,7 @@ def test_sigkill_while_saving_leaves_a_save_that_resumes_bit_for_bit(tiny_models
     out = str(tmp_path / "killed")
     saving = os.path.join(out, store.SAVING_DIR)
     for kill in range(3):
-        process = start("train.py", *args, "--out", out, *(["--resume"] if kill else []))
-        for line in process.stdout:  # in the loop that saves every step
-            if "saved to" in line:
-                break
-        while not os.path.isdir(saving) and process.poll() is None:
-            time.sleep(0.001)
-        assert process.poll() is None, "the run ended before it was killed: give it more steps"
-        process.kill()
-        process.communicate()
+        kill_while_saving(start("train.py", *args, "--out", out, *(["--resume"] if kill else [])), out)
         _, _, params = load_encoder_hparams_and_params(model_dir=out)  # whole, whatever the moment
         assert np.isfinite(params["wte"]).all() and not os.path.exists(saving)
     result = train_cli(*args, "--out", out, "--resume")

@@ -8,10 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-import store
 from checkpoints import write_model
-from helpers import SHAPES, assert_one_line_error, data_bytes, gpt2_cli, reference_greedy_text, start, straight_and_resumed, tensorflow_arrays, \
-    train_cli
+from helpers import SHAPES, assert_one_line_error, data_bytes, gpt2_cli, kill_while_saving, reference_greedy_text, \
+    start, straight_and_resumed, tensorflow_arrays, train_cli
 
 FAST = ("--seq_len", "32", "--lr", "1e-2", "--warmup", "0", "--sample_every", "0", "--eval_every", "0")
 
@@ -77,15 +76,7 @@ def test_lora_killed_while_saving_resumes_bit_for_bit(model, dickens, tmp_path):
     args = ("--data", dickens, "--model_dir", model, "--steps", "20", "--save_every", "1", "--lora_rank", "4", *FAST)
     assert train_cli(*args, "--out", str(tmp_path / "straight")).returncode == 0
     out = str(tmp_path / "killed")
-    process = start("train.py", *args, "--out", out)
-    for line in process.stdout:  # in the loop that saves every step
-        if "saved to" in line:
-            break
-    while not os.path.isdir(os.path.join(out, store.SAVING_DIR)) and process.poll() is None:
-        pass
-    assert process.poll() is None, "the run ended before it was killed: give it more steps"
-    process.kill()
-    process.communicate()
+    kill_while_saving(start("train.py", *args, "--out", out), out)
     result = train_cli(*args, "--out", out, "--resume")
     assert result.returncode == 0, result.stderr
     assert data_bytes(tmp_path / "straight") == data_bytes(out)
