@@ -485,7 +485,18 @@ def run_task(flags):
         return answer_choices(flags, rows)
     if rows is None and not flags["prompt"]:
         raise ValueError("there is nothing to classify: give a text")
-    return classify_texts(flags, flags["model_dir"] or os.path.join(flags["models_dir"], flags["model_size"]), rows)
+    return classify_texts(flags, head_folder(flags), rows)
+
+
+def head_folder(flags):
+    """Where --classify's head is: beside --adapters (a LoRA classifier run's folder, or its adapters.npz) when it
+    is there, as that run saved it; else in the model's folder."""
+    adapters = flags["adapters"]
+    if adapters is not None:
+        beside = adapters if os.path.isdir(adapters) else os.path.dirname(adapters)
+        if os.path.isfile(os.path.join(beside, "head.npz")):
+            return beside
+    return flags["model_dir"] or os.path.join(flags["models_dir"], flags["model_size"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,7 +532,7 @@ def gpt2_main(prompt=None, n_tokens_to_generate=40, model_size="124M", models_di
         prompt_file: read the prompt verbatim from this UTF-8 file instead (a labeled file for tasks); - reads stdin
         n_samples: print this many samples of the continuation, each under a header (needs a temperature)
         each_line: with --prompt_file and --score, --classify or --choices: each non-empty line a text, a row per line
-        classify: print each class's probability from the head (head.npz) that train.py --task classify saved
+        classify: print each class's probability from train.py --task classify's head.npz (beside --adapters first)
         choices: score these answers after the prompt, e.g. "positive|negative" (\\n in the prompt is then a newline)
         template: with --choices: the prompt around each text, e.g. "Review: {text}\\nSentiment:" (\\n is a newline)
         shots: with --choices: this many labeled examples before each prompt (few-shot), drawn from --shots_from

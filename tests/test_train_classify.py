@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from helpers import assert_one_line_error, data_bytes, log_rows, straight_and_resumed, tensorflow_arrays, train_cli
+from helpers import assert_one_line_error, data_bytes, gpt2_cli, log_rows, straight_and_resumed, tensorflow_arrays, \
+    train_cli
 from utils import flatten, load_encoder_hparams_and_params
 
 WORDS = "the a film story plot actor scene music day night city river old new long short".split()
@@ -60,6 +61,22 @@ def test_a_classifier_learns_a_keyword_and_saves_its_head(model, labeled, tmp_pa
     _, _, params = load_encoder_hparams_and_params(model_dir=out)  # the checkpoint holds OpenAI's variables only
     ours, theirs = flatten(params), tensorflow_arrays(out)
     assert sorted(ours) == sorted(theirs) and all(np.array_equal(ours[name], theirs[name]) for name in ours)
+
+
+def test_a_lora_classifiers_head_is_read_beside_its_adapters(model, labeled, tmp_path):
+    """gpt2.py --model_dir BASE --adapters RUN --classify takes the head that the LoRA run saved beside its
+    adapters (BASE has none), and prints what the run's own folder, the adapters merged, prints."""
+    out = str(tmp_path / "run")
+    result = train_cli("--data", labeled, "--model_dir", model, "--out", out, "--steps", "4", "--eval_every", "0",
+                       "--lora_rank", "4", *FAST)
+    assert result.returncode == 0, result.stderr
+    assert not os.path.exists(os.path.join(model, "head.npz"))
+    text = ("--classify", "a wonderful film about the river")
+    merged = gpt2_cli("--model_dir", out, *text)
+    for adapters in (out, os.path.join(out, "adapters.npz")):
+        based = gpt2_cli("--model_dir", model, "--adapters", adapters, *text)
+        assert based.returncode == 0 and merged.returncode == 0, based.stderr + merged.stderr
+        assert based.stdout == merged.stdout and len(merged.stdout.splitlines()) == 2
 
 
 def test_a_classifier_resumes_bit_for_bit(model, labeled, tmp_path):
