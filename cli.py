@@ -758,7 +758,7 @@ def train_main(data=None, task="lm", model_size="124M", models_dir="models", mod
         lm_weight: classify: times the language-model loss added to the task's (0: Hugging Face's and rasbt's)
         lora_rank: train LoRA adapters of this rank instead of the weights (0: off; 8 is PEFT's default)
         lora_alpha: LoRA's update is scaled by lora_alpha / lora_rank (none: the rank, so 1, as PEFT and the paper)
-        lora_targets: the linears LoRA adapts, of c_attn, attn.c_proj, c_fc, mlp.c_proj (c_attn: PEFT's, q k v)
+        lora_targets: the linears LoRA adapts, comma-separated, of c_attn, attn.c_proj, c_fc, mlp.c_proj (c_attn: PEFT's)
         train_blocks: train only the last N blocks, ln_f and the head, not wte or wpe (none: every block)
         eval_every: steps between validation losses (also at step 0 and at the end)
         sample_every: lm: steps between short samples, to see the model change (also at the end; 0: only then)

@@ -31,7 +31,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-SHAPES = {"124M": (768, 12, 12), "355M": (1024, 16, 24), "774M": (1280, 20, 36), "1558M": (1600, 25, 48)}
+from bench import SHAPES  # noqa: E402  (n_embd, n_head, n_layer) of each size
 
 # One row's process: load as gpt2.py does (argv: ROOT, the folder, "project" or "safetensors"), one token, and
 # the seconds and memory of each step on its last line.
@@ -74,8 +74,8 @@ def make_folders(args):
         sys.path.insert(0, os.path.join(ROOT, "tests"))
         from vocab import vocab_dir
 
-        n_embd, _, n_layer = SHAPES[args.model_size]
-        hparams = dict(n_vocab=50257, n_ctx=1024, n_embd=n_embd, n_head=SHAPES[args.model_size][1], n_layer=n_layer)
+        n_embd, n_head, n_layer = SHAPES[args.model_size]
+        hparams = dict(n_vocab=50257, n_ctx=1024, n_embd=n_embd, n_head=n_head, n_layer=n_layer)
         print(f"writing random {args.model_size}-shaped weights to {openai} and {hf} ...", file=sys.stderr)
         save_model_folder(openai, random_params(hparams), hparams, vocab_dir())
     if not os.path.isfile(os.path.join(hf, "model.safetensors")):
@@ -85,14 +85,11 @@ def make_folders(args):
 
 def random_params(hparams):
     """A parameter tree of hparams' shapes, small random float32 values."""
-    from utils import checkpoint_shapes, param_name, unflatten
+    from utils import hf_names, unflatten
 
     rng = np.random.default_rng(0)
-    arrays = {}
-    for name, shape in checkpoint_shapes(hparams).items():
-        arrays[param_name(name)] = rng.standard_normal(shape[1:] if len(shape) == 3 else shape, np.float32)
-        arrays[param_name(name)] *= np.float32(0.02)
-    return unflatten(arrays, hparams["n_layer"])
+    return unflatten({name: rng.standard_normal(shape, np.float32) * np.float32(0.02)
+                      for name, shape in hf_names(hparams).values()}, hparams["n_layer"])
 
 
 def measure(folder, reader):

@@ -25,9 +25,12 @@ def main():
     parser.add_argument("--out", default="runs.png", help="the picture to write")
     args = parser.parse_args()
     labels = args.labels or [os.path.basename(os.path.normpath(run)) for run in args.runs]
+    if len(labels) != len(args.runs):
+        parser.error(f"{len(args.runs)} runs and {len(labels)} labels: give one label per run")
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    for run, label, color in zip(args.runs, labels, ("C0", "C1", "C2", "C3", "C4")):
+    for i, (run, label) in enumerate(zip(args.runs, labels)):
+        color = f"C{i % 10}"  # matplotlib's ten default colors
         ax.plot(*zip(*losses(run, "train_loss")), color=color, linewidth=0.6, alpha=0.5)
         ax.plot(*zip(*losses(run, "val_loss")), color=color, marker="o", label=f"{label}, validation")
     ax.set_xlabel("step")

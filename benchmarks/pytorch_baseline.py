@@ -78,6 +78,8 @@ def main():
     parser.add_argument("--adamw", action="store_true", help="a whole step: clipping and AdamW after the backward")
     parser.add_argument("--lora", type=int, default=0, help="train PEFT's LoRA adapters of this rank on c_attn")
     args = parser.parse_args()
+    if (args.adamw or args.lora) and not args.serve:
+        parser.error("--adamw and --lora go with --serve: the timed and --child runs are a forward + backward")
     if args.serve:
         return serve(*setup(args.batch, args.seq, args.threads, args.adamw, args.lora))
     if not args.child:  # first, while this process is small: a child's peak memory starts from its parent's
